@@ -1,0 +1,127 @@
+"""The wire format between the server and the agent inside each sandbox.
+
+Stdlib only: the agent imports this inside sandboxes.
+
+One unix-socket connection carries one operation. Everything on it is a frame:
+``kind`` (1 byte) + ``length`` (4 bytes, big-endian) + ``payload``.
+
+* ``J`` a JSON object: the request header, the response header, events.
+* ``D`` a chunk of file data; ``Z`` (empty) ends a data stream. A stream cut
+  before its ``Z`` is an aborted transfer, never a short file.
+* ``O`` / ``E`` chunks of a process's stdout / stderr.
+
+A request is ``J{"op": ..., ...}`` (+ ``D``* ``Z`` for uploads). Every answer
+starts with ``J{"ok": true, ...}`` or ``J{"ok": false, "code", "message"}``
+where ``code`` is one of ``sandbank.errors``. Operations:
+
+``ping``   -> ok, pid, version
+``exec``   {cmd, env, cwd, user, timeout, stdin_b64} -> ok+pid, O/E*, J{exit_code, timed_out,
+           duration_ms}
+``read``   {path} -> ok+entry, D*, Z
+``write``  {path, user, mode} + D*, Z -> ok+entry (written atomically: temp file + rename)
+``list``   {path, depth} -> ok+entries
+``stat``   {path} -> ok+entry
+``move``   {src, dst, user} -> ok+entry
+``mkdir``  {path, user} -> ok+created+entry
+``remove`` {path, recursive} -> ok
+
+An entry is ``{name, path, type, size, mode, permissions, owner, group, modified_at,
+symlink_target}``; ``type`` is ``file``, ``dir``, ``symlink`` or ``other``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from typing import Any
+
+VERSION = "1"
+
+JSON = b"J"
+DATA = b"D"
+END = b"Z"
+STDOUT = b"O"
+STDERR = b"E"
+
+HEADER = struct.Struct(">cI")
+#: Largest frame either side accepts; data is chunked well below this.
+MAX_FRAME = 16 * 1024 * 1024
+CHUNK = 256 * 1024
+
+#: Inside the sandbox: where the agent listens and where its code is mounted.
+SOCKET_DIR = "/run/sandbank"
+SOCKET_NAME = "agent.sock"
+AGENT_LIB = "/opt/sandbank/lib"
+
+
+class FrameError(Exception):
+    """The peer sent something that is not a frame, or hung up mid-frame."""
+
+
+def encode(kind: bytes, payload: bytes = b"") -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def encode_json(obj: dict[str, Any]) -> bytes:
+    return encode(JSON, json.dumps(obj, separators=(",", ":")).encode())
+
+
+# -- blocking side (the agent) -------------------------------------------------
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise FrameError("connection closed mid-frame" if buf else "connection closed")
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> tuple[bytes, bytes]:
+    kind, length = HEADER.unpack(_recv_exact(sock, HEADER.size))
+    if length > MAX_FRAME:
+        raise FrameError(f"frame of {length} bytes is too large")
+    return kind, _recv_exact(sock, length) if length else b""
+
+
+def recv_json(sock: socket.socket) -> dict[str, Any]:
+    kind, payload = recv_frame(sock)
+    if kind != JSON:
+        raise FrameError(f"expected a JSON frame, got {kind!r}")
+    obj = json.loads(payload)
+    if not isinstance(obj, dict):
+        raise FrameError("JSON frame is not an object")
+    return obj
+
+
+def send_json(sock: socket.socket, obj: dict[str, Any]) -> None:
+    sock.sendall(encode_json(obj))
+
+
+# -- asyncio side (the server) ---------------------------------------------------
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    try:
+        head = await reader.readexactly(HEADER.size)
+        kind, length = HEADER.unpack(head)
+        if length > MAX_FRAME:
+            raise FrameError(f"frame of {length} bytes is too large")
+        payload = await reader.readexactly(length) if length else b""
+    except asyncio.IncompleteReadError as exc:
+        raise FrameError("agent closed the connection mid-frame") from exc
+    return kind, payload
+
+
+async def read_json(reader: asyncio.StreamReader) -> dict[str, Any]:
+    kind, payload = await read_frame(reader)
+    if kind != JSON:
+        raise FrameError(f"expected a JSON frame, got {kind!r}")
+    obj = json.loads(payload)
+    if not isinstance(obj, dict):
+        raise FrameError("JSON frame is not an object")
+    return obj

@@ -1,0 +1,206 @@
+"""Wire models of the ``/v1`` REST API (server side; the SDK reads plain JSON).
+
+Strict at the edge: unknown fields are rejected, ranges are checked by the
+service against the operator's limits so the message can name them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SANDBOX_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _check_env(env: dict[str, str] | None) -> dict[str, str] | None:
+    if env is None:
+        return env
+    for key, value in env.items():
+        if not ENV_KEY_RE.match(key):
+            raise ValueError(f"env name {key!r} is not a valid variable name")
+        if "\0" in value:
+            raise ValueError(f"env value of {key!r} contains a NUL byte")
+    return env
+
+
+class CreateSandboxRequest(Strict):
+    template: str = "base"
+    name: str | None = Field(default=None, max_length=128)
+    vcpu: float | None = None
+    cpu: float | None = None
+    memory_mb: int | None = None
+    disk_gb: int | None = None
+    region: str | None = None
+    env: dict[str, str] | None = None
+    metadata: dict[str, str] | None = None
+    #: Seconds until the sandbox is killed.
+    timeout: int | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_env(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > 64:
+            raise ValueError("at most 64 metadata entries")
+        for key, item in value.items():
+            if not METADATA_KEY_RE.match(key):
+                raise ValueError(f"metadata key {key!r} must be 1-128 of [A-Za-z0-9_.-/]")
+            if len(item) > 1024:
+                raise ValueError(f"metadata value of {key!r} is longer than 1024 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _one_cpu(self) -> CreateSandboxRequest:
+        if self.vcpu is not None and self.cpu is not None and self.vcpu != self.cpu:
+            raise ValueError("give vcpu or its alias cpu, not both with different values")
+        return self
+
+
+class SandboxOut(BaseModel):
+    id: str
+    short_id: str
+    name: str
+    status: str
+    template: str
+    vcpu: float
+    memory_mb: int
+    disk_gb: int
+    region: str
+    metadata: dict[str, str]
+    created_at: datetime
+    expires_at: datetime | None
+    terminal_url: str
+    killed_at: datetime | None = None
+    kill_reason: str | None = None
+
+
+class SandboxList(BaseModel):
+    data: list[SandboxOut]
+    next_cursor: str | None = None
+
+
+class TimeoutRequest(Strict):
+    timeout: int
+
+
+class ExecRequest(Strict):
+    cmd: list[Annotated[str, Field(max_length=131072)]] | None = None
+    command: str | None = None
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    user: Literal["user", "root"] = "user"
+    #: Seconds; 0 means no limit.
+    timeout: float = 60
+    stdin: str | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_env(value)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ExecRequest:
+        if (self.cmd is None) == (self.command is None):
+            raise ValueError("give exactly one of cmd (an argv list) or command (a shell string)")
+        if self.cmd is not None and not self.cmd:
+            raise ValueError("cmd must not be empty")
+        if self.timeout < 0:
+            raise ValueError("timeout must be >= 0 (0 means no limit)")
+        return self
+
+
+class ExecOut(BaseModel):
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: float
+    timed_out: bool
+
+
+class FileEntryOut(BaseModel):
+    name: str
+    path: str
+    type: str
+    size: int
+    mode: int
+    permissions: str
+    owner: str
+    group: str
+    modified_at: datetime
+    symlink_target: str | None = None
+
+
+class FileList(BaseModel):
+    entries: list[FileEntryOut]
+
+
+class MoveRequest(Strict):
+    source: str
+    destination: str
+
+
+class MkdirRequest(Strict):
+    path: str
+
+
+class MkdirOut(BaseModel):
+    created: bool
+    entry: FileEntryOut
+
+
+class MetricsOut(BaseModel):
+    cpu_percent: float
+    cpu_usage_seconds: float
+    memory_bytes: int
+    memory_limit_bytes: int
+    disk_bytes: int
+    disk_limit_bytes: int
+    pids: int
+    pids_limit: int
+    timestamp: datetime
+
+
+class CreateKeyRequest(Strict):
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str | None = Field(default=None, max_length=128)
+    admin: bool = False
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant: str
+    name: str | None
+    prefix: str
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class KeyCreated(KeyOut):
+    key: str
+
+
+class QuotaBody(Strict):
+    max_sandboxes: int | None = Field(default=None, ge=0)
+    max_vcpu: float | None = Field(default=None, ge=0)
+    max_memory_mb: int | None = Field(default=None, ge=0)
+
+
+class ErrorOut(BaseModel):
+    code: str
+    message: str

@@ -1,0 +1,1 @@
+"""Runtimes: what turns a sandbox record into an isolated, running machine."""

@@ -1,0 +1,1 @@
+"""The sandbank server: HTTP API, service layer, store and runtime wiring."""
