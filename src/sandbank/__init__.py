@@ -1,0 +1,113 @@
+"""sandbank: self-hosted sandboxes for AI agents.
+
+    from sandbank import Sandbox
+
+    sbx = Sandbox.create()
+    print(sbx.commands.run("python3 -c 'print(40+2)'").stdout)
+    sbx.kill()
+
+The SDK classes load on first use, so ``import sandbank.errors`` (the agent
+inside every sandbox does it) needs nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from sandbank.errors import (
+    BadRequest,
+    Conflict,
+    FileExists,
+    FileNotFound,
+    Forbidden,
+    InvalidState,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    SandbankError,
+    SandboxNotFound,
+    SandboxUnavailable,
+    TemplateNotFound,
+    Timeout,
+    Unauthorized,
+    ValidationFailed,
+)
+
+if TYPE_CHECKING:
+    from sandbank.client import (
+        AdminClient,
+        ApiKeyInfo,
+        AsyncAdminClient,
+        AsyncSandbox,
+        CommandExitError,
+        CommandResult,
+        EntryInfo,
+        Sandbox,
+        SandboxInfo,
+        SandboxMetrics,
+        ServerUnreachable,
+        TemplateInfo,
+    )
+
+#: Public names served lazily from ``sandbank.client``.
+_CLIENT_NAMES = frozenset(
+    {
+        "AdminClient",
+        "ApiKeyInfo",
+        "AsyncAdminClient",
+        "AsyncSandbox",
+        "CommandExitError",
+        "CommandResult",
+        "EntryInfo",
+        "Sandbox",
+        "SandboxInfo",
+        "SandboxMetrics",
+        "ServerUnreachable",
+        "TemplateInfo",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIENT_NAMES:
+        import sandbank.client
+
+        value = getattr(sandbank.client, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sandbank' has no attribute {name!r}")
+
+
+__all__ = [
+    "AdminClient",
+    "ApiKeyInfo",
+    "AsyncAdminClient",
+    "AsyncSandbox",
+    "BadRequest",
+    "CommandExitError",
+    "CommandResult",
+    "Conflict",
+    "EntryInfo",
+    "FileExists",
+    "FileNotFound",
+    "Forbidden",
+    "InvalidState",
+    "NotFound",
+    "PermissionDenied",
+    "QuotaExceeded",
+    "SandbankError",
+    "Sandbox",
+    "SandboxInfo",
+    "SandboxMetrics",
+    "SandboxNotFound",
+    "SandboxUnavailable",
+    "ServerUnreachable",
+    "TemplateInfo",
+    "TemplateNotFound",
+    "Timeout",
+    "Unauthorized",
+    "ValidationFailed",
+    "__version__",
+]

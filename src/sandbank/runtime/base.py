@@ -8,7 +8,7 @@ sandbox (exec, files) goes through a ``SandboxChannel`` the driver hands out
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -97,7 +97,12 @@ class SandboxChannel(Protocol):
         ...
 
     async def write_file(
-        self, path: str, chunks: AsyncIterator[bytes], *, user: str = "user", mode: int | None = None
+        self,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        user: str = "user",
+        mode: int | None = None,
     ) -> FileEntry: ...
 
     async def list_dir(self, path: str, depth: int = 1) -> list[FileEntry]: ...
@@ -124,7 +129,9 @@ class Runtime(Protocol):
 
     async def close(self) -> None: ...
 
-    async def ensure_template(self, name: str) -> TemplateInfo:
+    async def ensure_template(
+        self, name: str, on_progress: Callable[[str], None] | None = None
+    ) -> TemplateInfo:
         """Make the template ready (build it if needed); raises TemplateNotFound."""
         ...
 

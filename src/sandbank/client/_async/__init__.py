@@ -1,0 +1,8 @@
+"""The SDK's classes; ``_async`` is the source, ``_sync`` its generated blocking twin."""
+
+from .admin import AsyncAdminClient
+from .commands import AsyncCommands
+from .files import AsyncFilesystem
+from .sandbox import AsyncSandbox
+
+__all__ = ["AsyncAdminClient", "AsyncCommands", "AsyncFilesystem", "AsyncSandbox"]

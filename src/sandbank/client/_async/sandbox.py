@@ -1,0 +1,244 @@
+"""A sandbox handle: lifecycle calls plus its ``commands`` and ``files``."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Protocol, Self, overload
+from urllib.parse import quote
+
+import httpx
+
+from sandbank import errors
+
+from .._config import CREATE_TIMEOUT
+from ..models import SandboxInfo, SandboxMetrics
+from ._http import AsyncApiConnection, QueryValue
+from .commands import AsyncCommands
+from .files import AsyncFilesystem
+
+SANDBOXES_PATH = "/v1/sandboxes"
+
+
+def sandbox_path(sandbox_id: str) -> str:
+    # Quoted so an id read from user input can never reach another route.
+    return f"{SANDBOXES_PATH}/{quote(sandbox_id, safe='')}"
+
+
+class _KillById(Protocol):
+    async def __call__(
+        self,
+        sandbox_id: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None: ...
+
+
+class _KillThis(Protocol):
+    async def __call__(self) -> None: ...
+
+
+class _KillMethod:
+    """``kill`` is both ``Sandbox.kill(sandbox_id)`` and ``sandbox.kill()``."""
+
+    @overload
+    def __get__(self, instance: None, owner: type[AsyncSandbox]) -> _KillById: ...
+
+    @overload
+    def __get__(self, instance: AsyncSandbox, owner: type[AsyncSandbox]) -> _KillThis: ...
+
+    def __get__(
+        self, instance: AsyncSandbox | None, owner: type[AsyncSandbox]
+    ) -> _KillById | _KillThis:
+        if instance is None:
+            return owner._kill_by_id
+        return instance._kill
+
+
+class AsyncSandbox:
+    """A running sandbox; create one with ``create`` or attach with ``connect``.
+
+    Used as a context manager it is killed on exit. ``close()`` only drops the
+    HTTP connection and leaves the sandbox running until its timeout.
+    """
+
+    kill = _KillMethod()
+
+    def __init__(self, info: SandboxInfo, connection: AsyncApiConnection) -> None:
+        self._info = info
+        self._connection = connection
+        self._path = sandbox_path(info.id)
+        self.commands = AsyncCommands(connection, self._path)
+        self.files = AsyncFilesystem(connection, self._path)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.sandbox_id} {self._info.status}>"
+
+    @property
+    def sandbox_id(self) -> str:
+        return self._info.id
+
+    @property
+    def info(self) -> SandboxInfo:
+        """The sandbox as last seen by ``create``, ``connect``, ``get_info`` or ``set_timeout``."""
+        return self._info
+
+    @classmethod
+    async def create(
+        cls,
+        template: str = "base",
+        *,
+        name: str | None = None,
+        vcpu: float | None = None,
+        memory_mb: int | None = None,
+        disk_gb: int | None = None,
+        region: str | None = None,
+        envs: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout: int | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Self:
+        """Start a sandbox from ``template``; ``timeout`` is its lifetime in seconds.
+
+        Unset resources take the server's defaults. ``envs`` are set for every
+        command run in it; ``metadata`` labels it for ``list`` filters.
+        """
+        body: dict[str, Any] = {"template": template}
+        optional: dict[str, Any] = {
+            "name": name,
+            "vcpu": vcpu,
+            "memory_mb": memory_mb,
+            "disk_gb": disk_gb,
+            "region": region,
+            "env": dict(envs) if envs is not None else None,
+            "metadata": dict(metadata) if metadata is not None else None,
+            "timeout": timeout,
+        }
+        body.update({key: value for key, value in optional.items() if value is not None})
+        connection = AsyncApiConnection.open(api_key, base_url, transport)
+        try:
+            data = await connection.request_json(
+                "POST", SANDBOXES_PATH, json=body, timeout=CREATE_TIMEOUT
+            )
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(SandboxInfo.from_dict(data), connection)
+
+    @classmethod
+    async def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Self:
+        """Attach to an existing sandbox; ``SandboxNotFound`` when there is none."""
+        connection = AsyncApiConnection.open(api_key, base_url, transport)
+        try:
+            data = await connection.request_json("GET", sandbox_path(sandbox_id))
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(SandboxInfo.from_dict(data), connection)
+
+    @staticmethod
+    async def list(
+        status: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> builtins.list[SandboxInfo]:
+        """Every sandbox of the caller's tenant matching the filters.
+
+        ``metadata`` keeps sandboxes carrying all the given labels. ``limit``
+        is the page size asked of the server; all pages are fetched.
+        """
+        filters: builtins.list[tuple[str, QueryValue]] = []
+        if status is not None:
+            filters.append(("status", status))
+        for key, value in (metadata or {}).items():
+            filters.append((f"metadata[{key}]", value))
+        if limit is not None:
+            filters.append(("limit", limit))
+        found: builtins.list[SandboxInfo] = []
+        cursor: str | None = None
+        async with AsyncApiConnection.open(api_key, base_url, transport) as connection:
+            while True:
+                params = [*filters, ("cursor", cursor)] if cursor else filters
+                page = await connection.request_json("GET", SANDBOXES_PATH, params=params)
+                found.extend(SandboxInfo.from_dict(item) for item in page["data"])
+                cursor = page.get("next_cursor")
+                if not cursor:
+                    return found
+
+    @classmethod
+    async def _kill_by_id(
+        cls,
+        sandbox_id: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        async with AsyncApiConnection.open(api_key, base_url, transport) as connection:
+            await connection.request("DELETE", sandbox_path(sandbox_id))
+
+    async def _kill(self) -> None:
+        await self._connection.request("DELETE", self._path)
+
+    async def get_info(self) -> SandboxInfo:
+        self._info = SandboxInfo.from_dict(await self._connection.request_json("GET", self._path))
+        return self._info
+
+    async def set_timeout(self, seconds: int) -> SandboxInfo:
+        """Kill the sandbox ``seconds`` from now instead of at its current deadline."""
+        data = await self._connection.request_json(
+            "POST", f"{self._path}/timeout", json={"timeout": seconds}
+        )
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    async def is_running(self) -> bool:
+        try:
+            info = await self.get_info()
+        except errors.SandboxNotFound:
+            return False
+        return info.status == "running"
+
+    async def get_metrics(self) -> SandboxMetrics:
+        data = await self._connection.request_json("GET", f"{self._path}/metrics")
+        return SandboxMetrics.from_dict(data)
+
+    async def close(self) -> None:
+        """Drop the HTTP connection; the sandbox itself keeps running."""
+        await self._connection.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            await self._kill()
+        except errors.SandboxNotFound:
+            pass
+        except errors.SandbankError:
+            # An error already leaving the block says more than a failed cleanup.
+            if exc_type is None:
+                raise
+        finally:
+            await self.close()

@@ -1,0 +1,129 @@
+"""The one way the runtime spawns host processes.
+
+Always an argv list (never a shell), always an explicit environment (the
+server's own environment — tokens, proxies, ``LD_PRELOAD`` — must not leak into
+``runc``, ``mount`` or a chroot), always a timeout, and a failure always becomes
+``RuntimeFailure`` carrying the command and the tail of its stderr so the
+operator sees *why* without digging through logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from sandbank.errors import RuntimeFailure
+
+#: The environment every host command gets unless the caller passes one.
+BASE_ENV: dict[str, str] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+}
+
+#: How much of stderr an error message carries.
+TAIL_BYTES = 2000
+
+
+@dataclass(frozen=True)
+class ProcResult:
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    seconds: float
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+
+def tail(data: bytes, limit: int = TAIL_BYTES) -> str:
+    """The last ``limit`` bytes as text, cut at a line start where possible."""
+    if len(data) > limit:
+        data = data[-limit:]
+        cut = data.find(b"\n")
+        if 0 <= cut < limit // 2:
+            data = data[cut + 1 :]
+    return data.decode(errors="replace").strip()
+
+
+def describe(argv: Sequence[str]) -> str:
+    return " ".join(argv)
+
+
+async def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    check: bool = True,
+    stdin: bytes | None = None,
+    output: IO[bytes] | None = None,
+    new_session: bool = False,
+    cwd: Path | None = None,
+) -> ProcResult:
+    """Run ``argv`` to completion.
+
+    ``output``: an open file that receives both stdout and stderr instead of
+    pipes; used for processes that outlive the call (``runc run -d`` hands its
+    stdio to the container, and a pipe would then never reach EOF).
+    ``new_session``: detach from the server's session so a terminal's Ctrl-C
+    aimed at the server never reaches what we start.
+    """
+    args = [os.fspath(a) for a in argv]
+    started = time.monotonic()
+    pipe = asyncio.subprocess.PIPE
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=pipe if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=output if output is not None else pipe,
+            stderr=output if output is not None else pipe,
+            env=dict(BASE_ENV if env is None else env),
+            start_new_session=new_session,
+            cwd=cwd,
+        )
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot run {args[0]}: {exc}", command=describe(args)) from exc
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        # Reap it so no zombie is left behind; it was just SIGKILLed.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 5)
+        raise RuntimeFailure(
+            f"{describe(args)} timed out after {timeout:g}s", command=describe(args)
+        ) from None
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
+    result = ProcResult(
+        argv=args,
+        returncode=proc.returncode if proc.returncode is not None else -1,
+        stdout=out or b"",
+        stderr=err or b"",
+        seconds=time.monotonic() - started,
+    )
+    if check and result.returncode != 0:
+        raise failure(result)
+    return result
+
+
+def failure(result: ProcResult, what: str | None = None) -> RuntimeFailure:
+    """The error for a command that exited non-zero."""
+    detail = tail(result.stderr) or tail(result.stdout)
+    head = what or describe(result.argv)
+    msg = f"{head} failed with exit code {result.returncode}"
+    if detail:
+        msg += f": {detail}"
+    return RuntimeFailure(msg, command=describe(result.argv), exit_code=result.returncode)

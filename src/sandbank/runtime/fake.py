@@ -1,0 +1,210 @@
+"""An in-memory runtime: the executable spec of the Runtime contract, for
+fast unit tests of the service. It runs nothing on the host.
+
+Its channel understands a handful of commands (``echo``, ``true``, ``false``,
+``exit N`` through ``bash -c``) and keeps files in a dict.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from sandbank.errors import (
+    FileNotFound,
+    IsADirectory,
+    RuntimeFailure,
+    SandboxUnavailable,
+    TemplateNotFound,
+)
+from sandbank.runtime.base import (
+    ExecResult,
+    ExecSpec,
+    FileEntry,
+    SandboxSpec,
+    SandboxUsage,
+    TemplateInfo,
+)
+
+
+@dataclass
+class FakeSandbox:
+    spec: SandboxSpec
+    files: dict[str, bytes] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=lambda: {"/", "/home", "/home/user", "/root"})
+    alive: bool = True
+
+
+def _abs(path: str, user: str = "user") -> str:
+    home = "/root" if user == "root" else "/home/user"
+    return posixpath.normpath(posixpath.join(home, path))
+
+
+class FakeChannel:
+    def __init__(self, box: FakeSandbox) -> None:
+        self._box = box
+
+    def _entry(self, path: str) -> FileEntry:
+        is_dir = path in self._box.dirs
+        if not is_dir and path not in self._box.files:
+            raise FileNotFound(f"{path} does not exist")
+        return FileEntry(
+            name=posixpath.basename(path) or "/",
+            path=path,
+            type="dir" if is_dir else "file",
+            size=0 if is_dir else len(self._box.files[path]),
+            mode=0o755 if is_dir else 0o644,
+            permissions="rwxr-xr-x" if is_dir else "rw-r--r--",
+            owner="user",
+            group="user",
+            modified_at=time.time(),
+        )
+
+    async def exec(self, spec: ExecSpec) -> ExecResult:
+        if not self._box.alive:
+            raise SandboxUnavailable("sandbox is not running")
+        argv = spec.cmd
+        if argv[:2] == ["/bin/bash", "-c"]:
+            argv = shlex.split(argv[2])
+        out, code = b"", 0
+        if argv[0] == "echo":
+            out = (" ".join(argv[1:]) + "\n").encode()
+        elif argv[0] == "false":
+            code = 1
+        elif argv[0] == "exit":
+            code = int(argv[1])
+        elif argv[0] == "cat" and spec.stdin is not None:
+            out = spec.stdin
+        elif argv[0] != "true":
+            return ExecResult(127, b"", f"{argv[0]}: command not found\n".encode(), 0.1, False)
+        return ExecResult(code, out, b"", 0.1, False)
+
+    async def read_file(self, path: str) -> AsyncIterator[bytes]:
+        full = _abs(path)
+        if full in self._box.dirs:
+            raise IsADirectory(f"{full} is a directory")
+        if full not in self._box.files:
+            raise FileNotFound(f"{full} does not exist")
+        yield self._box.files[full]
+
+    async def write_file(
+        self,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        user: str = "user",
+        mode: int | None = None,
+    ) -> FileEntry:
+        full = _abs(path, user)
+        if full in self._box.dirs:
+            raise IsADirectory(f"{full} is a directory")
+        data = b"".join([c async for c in chunks])
+        parent = posixpath.dirname(full)
+        while parent not in self._box.dirs:
+            self._box.dirs.add(parent)
+            parent = posixpath.dirname(parent)
+        self._box.files[full] = data
+        return self._entry(full)
+
+    async def list_dir(self, path: str, depth: int = 1) -> list[FileEntry]:
+        base = _abs(path)
+        self._entry(base)
+        names = [p for p in self._box.files.keys() | self._box.dirs if p != base]
+        return [self._entry(p) for p in sorted(names) if posixpath.dirname(p) == base]
+
+    async def stat(self, path: str) -> FileEntry:
+        return self._entry(_abs(path))
+
+    async def move(self, src: str, dst: str, *, user: str = "user") -> FileEntry:
+        source, target = _abs(src, user), _abs(dst, user)
+        if source not in self._box.files:
+            raise FileNotFound(f"{source} does not exist")
+        self._box.files[target] = self._box.files.pop(source)
+        return self._entry(target)
+
+    async def make_dir(self, path: str, *, user: str = "user") -> tuple[bool, FileEntry]:
+        full = _abs(path, user)
+        created = full not in self._box.dirs
+        self._box.dirs.add(full)
+        return created, self._entry(full)
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        full = _abs(path)
+        self._entry(full)
+        self._box.files.pop(full, None)
+        self._box.dirs.discard(full)
+
+
+class FakeRuntime:
+    name = "fake"
+
+    def __init__(self, templates: tuple[str, ...] = ("base",)) -> None:
+        self.boxes: dict[str, FakeSandbox] = {}
+        self.template_names = templates
+        #: Set to make the next create fail, to test the service's cleanup.
+        self.fail_next_create: str | None = None
+        self.destroyed: list[str] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def ensure_template(
+        self, name: str, on_progress: Callable[[str], None] | None = None
+    ) -> TemplateInfo:
+        if name not in self.template_names:
+            raise TemplateNotFound(
+                f"template {name!r} does not exist; available: {', '.join(self.template_names)}"
+            )
+        return TemplateInfo(name=name, ready=True)
+
+    async def templates(self) -> list[TemplateInfo]:
+        return [TemplateInfo(name=n, ready=True) for n in self.template_names]
+
+    async def create(self, spec: SandboxSpec) -> None:
+        if self.fail_next_create:
+            message, self.fail_next_create = self.fail_next_create, None
+            raise RuntimeFailure(message)
+        self.boxes[spec.id] = FakeSandbox(spec)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        if self.boxes.pop(sandbox_id, None) is not None:
+            self.destroyed.append(sandbox_id)
+
+    async def running(self) -> set[str]:
+        return set(self.boxes)
+
+    async def is_alive(self, sandbox_id: str) -> bool:
+        box = self.boxes.get(sandbox_id)
+        return box is not None and box.alive
+
+    async def adopt(self, sandbox_id: str) -> bool:
+        return await self.is_alive(sandbox_id)
+
+    def channel(self, sandbox_id: str) -> FakeChannel:
+        box = self.boxes.get(sandbox_id)
+        if box is None:
+            raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
+        return FakeChannel(box)
+
+    async def usage(self, sandbox_id: str) -> SandboxUsage:
+        box = self.boxes[sandbox_id]
+        spec = box.spec
+        return SandboxUsage(
+            cpu_percent=0.0,
+            cpu_usage_seconds=0.0,
+            memory_bytes=sum(len(v) for v in box.files.values()),
+            memory_limit_bytes=spec.memory_mb * 2**20,
+            disk_bytes=sum(len(v) for v in box.files.values()),
+            disk_limit_bytes=spec.disk_gb * 2**30,
+            pids=1,
+            pids_limit=spec.pids_limit,
+        )
+
+    async def leftovers(self, sandbox_id: str) -> list[str]:
+        return [f"fake sandbox {sandbox_id}"] if sandbox_id in self.boxes else []

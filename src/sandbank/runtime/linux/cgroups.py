@@ -1,0 +1,292 @@
+"""One small interface over the cgroup layouts a host can have.
+
+* v1 ("legacy"), possibly with a cgroup2 mount beside it ("hybrid"): one
+  hierarchy per controller (or per co-mounted group), plus named ones such as
+  ``name=systemd``. A cgroup exists once per hierarchy, at the same path.
+* v2 ("unified"): a single hierarchy at the cgroup root.
+
+The OCI runtime creates the cgroups and writes the limits; this module finds
+them again (possibly from a later server in another cgroup), reads the kernel's
+accounting, kills what is left inside and removes the directories. Everything
+takes a root for the mount table so unit tests can run against fake trees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: v1 controllers runc knows; other mount options (rw, relatime, ...) are not controllers.
+V1_CONTROLLERS = frozenset(
+    {
+        "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
+        "hugetlb", "net_cls", "net_prio", "perf_event", "rdma", "misc",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    mountpoint: Path
+    #: v1 controller names (plus ``name=...`` for named hierarchies); empty for cgroup2.
+    controllers: frozenset[str]
+    unified: bool = False
+
+
+@dataclass(frozen=True)
+class CgroupLayout:
+    """The cgroup hierarchies mounted on this host."""
+
+    hierarchies: tuple[Hierarchy, ...]
+
+    @property
+    def version(self) -> int:
+        """2 only for a pure unified host; hybrid hosts are driven as v1."""
+        return 2 if all(h.unified for h in self.hierarchies) else 1
+
+    @property
+    def hybrid(self) -> bool:
+        return self.version == 1 and any(h.unified for h in self.hierarchies)
+
+    @classmethod
+    def detect(cls, mounts: str | None = None) -> CgroupLayout:
+        """Parse a mount table (default: ``/proc/self/mounts``)."""
+        if mounts is None:
+            mounts = Path("/proc/self/mounts").read_text()
+        found: list[Hierarchy] = []
+        for line in mounts.splitlines():
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            mountpoint, fstype, options = _unescape(fields[1]), fields[2], fields[3].split(",")
+            if fstype == "cgroup2":
+                found.append(Hierarchy(Path(mountpoint), frozenset(), unified=True))
+            elif fstype == "cgroup":
+                names = {o for o in options if o in V1_CONTROLLERS or o.startswith("name=")}
+                found.append(Hierarchy(Path(mountpoint), frozenset(names)))
+        if not found:
+            raise OSError("no cgroup filesystem is mounted")
+        return cls(tuple(found))
+
+    def hierarchy(self, controller: str) -> Hierarchy | None:
+        """Where a controller's files live (v1), or the unified hierarchy (v2)."""
+        for h in self.hierarchies:
+            if self.version == 2 or controller in h.controllers:
+                return h
+        return None
+
+    def parent_path(self, proc_cgroup: str | None = None) -> str:
+        """The server's own cgroup, under which sandboxes are nested.
+
+        On v1 the memory controller's path is used for every controller:
+        memory is the limit that matters, and one path for all keeps the
+        OCI ``cgroupsPath`` a single string.
+        """
+        if proc_cgroup is None:
+            proc_cgroup = Path("/proc/self/cgroup").read_text()
+        entries: dict[str, str] = {}
+        for line in proc_cgroup.splitlines():
+            _, _, rest = line.partition(":")
+            names, _, path = rest.partition(":")
+            entries[names] = path
+            for name in names.split(","):
+                entries.setdefault(name, path)
+        key = "" if self.version == 2 else "memory"
+        path = entries.get(key)
+        if path is None:
+            raise OSError(f"no {key or 'unified'} entry in /proc/self/cgroup")
+        # A process whose cgroup was removed shows " (deleted)"; nest under what is left.
+        return path.removesuffix(" (deleted)") or "/"
+
+    def swap_limit_supported(self, parent: str) -> bool:
+        """Whether a swap limit can be written; v1 only has it with memsw accounting."""
+        mem = self.hierarchy("memory")
+        if mem is None:
+            return False
+        if self.version == 1:
+            return (mem.mountpoint / "memory.memsw.limit_in_bytes").exists()
+        # The root cgroup has no memory.* files; any child does when swap accounting is on.
+        base = _join(mem.mountpoint, parent)
+        if parent.strip("/"):
+            return (base / "memory.swap.max").exists()
+        return True
+
+    def cgroup(self, path: str) -> Cgroup:
+        return Cgroup(self, path)
+
+
+def _unescape(field: str) -> str:
+    """/proc/mounts escapes spaces and friends as octal."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def _join(mountpoint: Path, path: str) -> Path:
+    return mountpoint / path.lstrip("/") if path.strip("/") else mountpoint
+
+
+def _read(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def _read_int(path: Path) -> int:
+    """A counter or a limit; "max" and v1's page-rounded "unlimited" read as 0."""
+    text = _read(path)
+    if text == "max":
+        return 0
+    value = int(text)
+    return 0 if value >= 2**62 else value
+
+
+class Cgroup:
+    """One cgroup path, present in every hierarchy of the layout."""
+
+    def __init__(self, layout: CgroupLayout, path: str) -> None:
+        self.layout = layout
+        self.path = "/" + path.strip("/")
+
+    def __repr__(self) -> str:
+        return f"Cgroup({self.path!r})"
+
+    def dirs(self) -> list[Path]:
+        """This cgroup's directory in every hierarchy (existing or not)."""
+        return [_join(h.mountpoint, self.path) for h in self.layout.hierarchies]
+
+    def existing(self) -> list[Path]:
+        return [d for d in self.dirs() if d.is_dir()]
+
+    def file(self, controller: str, name: str) -> Path:
+        h = self.layout.hierarchy(controller)
+        if h is None:
+            raise FileNotFoundError(f"no {controller} cgroup controller on this host")
+        return _join(h.mountpoint, self.path) / name
+
+    # -- accounting --------------------------------------------------------
+
+    def cpu_usage_seconds(self) -> float:
+        if self.layout.version == 2:
+            for line in _read(self.file("cpu", "cpu.stat")).splitlines():
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    return int(value) / 1e6
+            return 0.0
+        return _read_int(self.file("cpuacct", "cpuacct.usage")) / 1e9
+
+    def memory_current(self) -> int:
+        name = "memory.current" if self.layout.version == 2 else "memory.usage_in_bytes"
+        return _read_int(self.file("memory", name))
+
+    def memory_limit(self) -> int:
+        """Bytes; 0 when unlimited."""
+        name = "memory.max" if self.layout.version == 2 else "memory.limit_in_bytes"
+        return _read_int(self.file("memory", name))
+
+    def pids_current(self) -> int:
+        return _read_int(self.file("pids", "pids.current"))
+
+    def pids_max(self) -> int:
+        """0 when unlimited."""
+        return _read_int(self.file("pids", "pids.max"))
+
+    # -- control -------------------------------------------------------------
+
+    def freeze(self) -> None:
+        self._set_frozen(True)
+
+    def thaw(self) -> None:
+        self._set_frozen(False)
+
+    def _set_frozen(self, frozen: bool) -> None:
+        if self.layout.version == 2:
+            self.file("cpu", "cgroup.freeze").write_text("1" if frozen else "0")
+        else:
+            self.file("freezer", "freezer.state").write_text("FROZEN" if frozen else "THAWED")
+
+    def procs(self) -> set[int]:
+        """Every process in this cgroup or below it, in any hierarchy."""
+        pids: set[int] = set()
+        for top in self.existing():
+            for dirpath, _dirs, _files in os.walk(top):
+                with contextlib.suppress(OSError):
+                    text = (Path(dirpath) / "cgroup.procs").read_text()
+                    pids.update(int(p) for p in text.split())
+        return pids
+
+    async def kill_all(self, timeout: float = 5.0) -> set[int]:
+        """SIGKILL everything inside until it is empty; returns what survived."""
+        if self.layout.version == 2:
+            kill_file = self.file("cpu", "cgroup.kill")
+            if kill_file.exists():
+                with contextlib.suppress(OSError):
+                    kill_file.write_text("1")
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.procs()
+            if not pids or time.monotonic() >= deadline:
+                return pids
+            # Frozen tasks cannot fork while we are killing them; SIGKILL still lands.
+            frozen = False
+            with contextlib.suppress(OSError):
+                self.freeze()
+                frozen = True
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            if frozen:
+                with contextlib.suppress(OSError):
+                    self.thaw()
+            await asyncio.sleep(0.02)
+
+    async def remove(self, timeout: float = 5.0) -> list[Path]:
+        """rmdir this cgroup (and any children) in every hierarchy; returns what remains.
+
+        A cgroup whose last task just died can report EBUSY for a moment, so
+        busy directories are retried until ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left: list[Path] = []
+            for top in self.existing():
+                for dirpath, _dirs, _files in os.walk(top, topdown=False):
+                    try:
+                        os.rmdir(dirpath)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:
+                        if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                            raise
+                        left.append(Path(dirpath))
+            if not left or time.monotonic() >= deadline:
+                return left
+            await asyncio.sleep(0.05)
+
+
+def make_room(layout: CgroupLayout, parent: str, leaf: str = "server") -> str:
+    """On v2, make ``parent`` able to hold child cgroups with controllers.
+
+    cgroup2's "no internal processes" rule forbids enabling controllers for the
+    children of a cgroup that has processes of its own, which is exactly the
+    server's cgroup (a systemd service, a container). The processes of that
+    cgroup — the server and its own helpers — move into a ``leaf`` child.
+    Returns the path they now live in; a no-op on v1 and at the root.
+    """
+    if layout.version != 2 or not parent.strip("/"):
+        return parent
+    base = _join(layout.hierarchies[0].mountpoint, parent)
+    procs = (base / "cgroup.procs").read_text().split()
+    if not procs:
+        return parent
+    target = base / leaf
+    target.mkdir(exist_ok=True)
+    for pid in procs:
+        # A process can exit between the read and the write.
+        with contextlib.suppress(ProcessLookupError, OSError):
+            (target / "cgroup.procs").write_text(pid)
+    return parent.rstrip("/") + "/" + leaf

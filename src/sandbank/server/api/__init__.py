@@ -1,0 +1,1 @@
+"""HTTP transport only: parse, call one service method, serialize."""

@@ -1,0 +1,45 @@
+"""Records and runtime results into wire models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sandbank.protocol.api import FileEntryOut, SandboxOut
+from sandbank.runtime.base import FileEntry
+from sandbank.server.service.sandboxes import short_id
+from sandbank.server.store.base import SandboxRecord
+
+
+def sandbox_out(record: SandboxRecord, base_url: str) -> SandboxOut:
+    return SandboxOut(
+        id=record.id,
+        short_id=short_id(record.id),
+        name=record.name,
+        status=record.status,
+        template=record.template,
+        vcpu=record.vcpu,
+        memory_mb=record.memory_mb,
+        disk_gb=record.disk_gb,
+        region=record.region,
+        metadata=record.metadata,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        terminal_url=f"{base_url}/terminal/{record.id}",
+        killed_at=record.killed_at,
+        kill_reason=record.kill_reason,
+    )
+
+
+def entry_out(entry: FileEntry) -> FileEntryOut:
+    return FileEntryOut(
+        name=entry.name,
+        path=entry.path,
+        type=entry.type,
+        size=entry.size,
+        mode=entry.mode,
+        permissions=entry.permissions,
+        owner=entry.owner,
+        group=entry.group,
+        modified_at=datetime.fromtimestamp(entry.modified_at, UTC),
+        symlink_target=entry.symlink_target,
+    )

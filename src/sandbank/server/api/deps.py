@@ -1,0 +1,55 @@
+"""Request-scoped dependencies: the services and the authenticated caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from sandbank.errors import ValidationFailed
+from sandbank.protocol.api import SANDBOX_ID_RE
+from sandbank.server.service.keys import KeyService, Principal
+from sandbank.server.service.sandboxes import SandboxService
+from sandbank.server.service.telemetry import Telemetry
+
+
+@dataclass
+class Services:
+    sandboxes: SandboxService
+    keys: KeyService
+    telemetry: Telemetry
+    base_url: str
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return request.headers.get("x-api-key")
+
+
+async def principal(request: Request, svc: Annotated[Services, Depends(services)]) -> Principal:
+    return await svc.keys.authenticate(_bearer(request))
+
+
+def sandbox_id(sandbox_id: str) -> str:
+    if not SANDBOX_ID_RE.match(sandbox_id):
+        raise ValidationFailed(
+            f"sandbox id {sandbox_id!r} is malformed: ids are 1-64 characters of a-z, 0-9, '_' "
+            "and '-'",
+            field="sandbox_id",
+        )
+    return sandbox_id
+
+
+Svc = Annotated[Services, Depends(services)]
+Caller = Annotated[Principal, Depends(principal)]
+SandboxId = Annotated[str, Depends(sandbox_id)]

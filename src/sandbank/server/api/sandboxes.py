@@ -1,0 +1,134 @@
+"""/v1/sandboxes: create, list, get, delete, timeout, exec, metrics."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Query, Request, Response
+
+from sandbank.errors import ValidationFailed
+from sandbank.protocol.api import (
+    CreateSandboxRequest,
+    ExecOut,
+    ExecRequest,
+    MetricsOut,
+    SandboxList,
+    SandboxOut,
+    TimeoutRequest,
+)
+from sandbank.server.api.convert import sandbox_out
+from sandbank.server.api.deps import Caller, SandboxId, Svc
+from sandbank.server.service.sandboxes import CreateParams, ExecParams
+
+router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
+
+_METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
+
+
+@router.post("", status_code=201, response_model=SandboxOut)
+async def create_sandbox(body: CreateSandboxRequest, svc: Svc, caller: Caller) -> SandboxOut:
+    record = await svc.sandboxes.create(
+        caller.tenant,
+        CreateParams(
+            template=body.template,
+            name=body.name,
+            vcpu=body.vcpu if body.vcpu is not None else body.cpu,
+            memory_mb=body.memory_mb,
+            disk_gb=body.disk_gb,
+            region=body.region,
+            env=body.env or {},
+            metadata=body.metadata or {},
+            timeout=body.timeout,
+        ),
+    )
+    return sandbox_out(record, svc.base_url)
+
+
+@router.get("", response_model=SandboxList)
+async def list_sandboxes(
+    request: Request,
+    svc: Svc,
+    caller: Caller,
+    status: str | None = None,
+    limit: int = Query(100),
+    cursor: str | None = None,
+) -> SandboxList:
+    metadata: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        match = _METADATA_PARAM.match(key)
+        if match:
+            metadata[match.group(1)] = value
+        elif key not in ("status", "limit", "cursor"):
+            raise ValidationFailed(
+                f"unknown query parameter {key!r}; filters are status, metadata[key], "
+                "limit and cursor",
+                field=key,
+            )
+    page = await svc.sandboxes.list_sandboxes(
+        caller.tenant, status=status, metadata=metadata, limit=limit, cursor=cursor
+    )
+    return SandboxList(
+        data=[sandbox_out(r, svc.base_url) for r in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get("/{sandbox_id}", response_model=SandboxOut)
+async def get_sandbox(sandbox_id: SandboxId, svc: Svc, caller: Caller) -> SandboxOut:
+    return sandbox_out(await svc.sandboxes.get(caller.tenant, sandbox_id), svc.base_url)
+
+
+@router.delete("/{sandbox_id}", status_code=204)
+async def delete_sandbox(sandbox_id: SandboxId, svc: Svc, caller: Caller) -> Response:
+    await svc.sandboxes.kill(caller.tenant, sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
+async def set_timeout(
+    sandbox_id: SandboxId, body: TimeoutRequest, svc: Svc, caller: Caller
+) -> SandboxOut:
+    record = await svc.sandboxes.set_timeout(caller.tenant, sandbox_id, body.timeout)
+    return sandbox_out(record, svc.base_url)
+
+
+@router.post("/{sandbox_id}/exec", response_model=ExecOut)
+async def exec_command(
+    sandbox_id: SandboxId, body: ExecRequest, svc: Svc, caller: Caller
+) -> ExecOut:
+    result = await svc.sandboxes.exec(
+        caller.tenant,
+        sandbox_id,
+        ExecParams(
+            cmd=body.cmd,
+            command=body.command,
+            env=body.env or {},
+            cwd=body.cwd,
+            user=body.user,
+            timeout=body.timeout,
+            stdin=body.stdin.encode() if body.stdin is not None else None,
+        ),
+    )
+    return ExecOut(
+        exit_code=result.exit_code,
+        stdout=result.stdout.decode("utf-8", "replace"),
+        stderr=result.stderr.decode("utf-8", "replace"),
+        duration_ms=round(result.duration_ms, 3),
+        timed_out=result.timed_out,
+    )
+
+
+@router.get("/{sandbox_id}/metrics", response_model=MetricsOut)
+async def sandbox_metrics(sandbox_id: SandboxId, svc: Svc, caller: Caller) -> MetricsOut:
+    usage = await svc.sandboxes.usage(caller.tenant, sandbox_id)
+    return MetricsOut(
+        cpu_percent=round(usage.cpu_percent, 2),
+        cpu_usage_seconds=usage.cpu_usage_seconds,
+        memory_bytes=usage.memory_bytes,
+        memory_limit_bytes=usage.memory_limit_bytes,
+        disk_bytes=usage.disk_bytes,
+        disk_limit_bytes=usage.disk_limit_bytes,
+        pids=usage.pids,
+        pids_limit=usage.pids_limit,
+        timestamp=datetime.now(UTC),
+    )

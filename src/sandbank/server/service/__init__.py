@@ -1,0 +1,1 @@
+"""The service layer: lifecycle, policy and deadlines, independent of HTTP."""

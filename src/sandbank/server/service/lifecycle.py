@@ -1,0 +1,56 @@
+"""Sandbox states and the one table of allowed transitions."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sandbank.errors import InvalidState
+
+
+class SandboxState(StrEnum):
+    CREATING = "creating"
+    RUNNING = "running"
+    KILLING = "killing"
+    KILLED = "killed"
+    ERROR = "error"
+
+
+S = SandboxState
+
+#: state -> states it may move to.
+TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
+    S.CREATING: frozenset({S.RUNNING, S.ERROR, S.KILLING}),
+    S.RUNNING: frozenset({S.KILLING, S.ERROR}),
+    S.KILLING: frozenset({S.KILLED, S.ERROR}),
+    S.ERROR: frozenset({S.KILLING}),
+    S.KILLED: frozenset(),
+}
+
+#: States that hold host resources and count against a tenant's quota.
+ACTIVE: frozenset[SandboxState] = frozenset({S.CREATING, S.RUNNING, S.KILLING})
+
+#: States listed by default (killed sandboxes are kept as records only).
+VISIBLE: frozenset[SandboxState] = frozenset(set(SandboxState) - {S.KILLED})
+
+
+def sources_of(target: SandboxState) -> frozenset[SandboxState]:
+    """Every state from which ``target`` can be reached."""
+    return frozenset(src for src, dsts in TRANSITIONS.items() if target in dsts)
+
+
+def require(
+    current: str, allowed: frozenset[SandboxState], operation: str, sandbox_id: str
+) -> None:
+    """Raise a 409 naming the state and what would work when ``operation``
+    is not allowed in ``current``."""
+    if SandboxState(current) in allowed:
+        return
+    hint = {
+        S.CREATING: "wait until it is running",
+        S.KILLING: "it is being deleted",
+        S.ERROR: "it failed; delete it and create a new one",
+    }.get(SandboxState(current), "")
+    raise InvalidState(
+        f"cannot {operation} sandbox {sandbox_id}: it is {current}" + (f"; {hint}" if hint else ""),
+        state=current,
+    )

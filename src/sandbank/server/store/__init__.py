@@ -1,0 +1,1 @@
+"""Persistence: every fact about sandboxes, keys and quotas lives here."""

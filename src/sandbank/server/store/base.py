@@ -1,0 +1,115 @@
+"""The store contract. The service depends on this Protocol only, so a
+PostgreSQL store can follow the SQLite one without touching callers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    id: str
+    tenant: str
+    name: str
+    status: str
+    template: str
+    vcpu: float
+    memory_mb: int
+    disk_gb: int
+    region: str
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    env: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    killed_at: datetime | None = None
+    kill_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    id: str
+    tenant: str
+    name: str | None
+    prefix: str
+    key_hash: str
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class QuotaRecord:
+    tenant: str
+    max_sandboxes: int | None = None
+    max_vcpu: float | None = None
+    max_memory_mb: int | None = None
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    sandboxes: int
+    vcpu: float
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[SandboxRecord]
+    next_cursor: str | None
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Create or migrate the schema."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # sandboxes
+    async def insert_sandbox(self, record: SandboxRecord) -> None: ...
+
+    async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None: ...
+
+    async def update_sandbox(
+        self,
+        sandbox_id: str,
+        changes: Mapping[str, Any],
+        *,
+        only_from: Iterable[str] | None = None,
+    ) -> SandboxRecord | None:
+        """Apply ``changes``; with ``only_from``, only if the current status is one
+        of those (compare-and-set). Returns the new record, or None if nothing changed."""
+        ...
+
+    async def list_sandboxes(
+        self,
+        *,
+        tenant: str | None,
+        statuses: Iterable[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page: ...
+
+    async def expired(self, now: datetime, statuses: Iterable[str]) -> list[SandboxRecord]: ...
+
+    async def usage(self, tenant: str, statuses: Iterable[str]) -> TenantUsage: ...
+
+    # keys
+    async def insert_key(self, record: ApiKeyRecord) -> None: ...
+
+    async def key_by_hash(self, key_hash: str) -> ApiKeyRecord | None: ...
+
+    async def list_keys(self, tenant: str | None) -> list[ApiKeyRecord]: ...
+
+    async def revoke_key(self, key_id: str, when: datetime) -> ApiKeyRecord | None: ...
+
+    # quotas
+    async def get_quota(self, tenant: str) -> QuotaRecord | None: ...
+
+    async def set_quota(self, record: QuotaRecord) -> None: ...

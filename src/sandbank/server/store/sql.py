@@ -1,0 +1,207 @@
+"""The SQL store: SQLAlchemy 2 (asyncio) over SQLite by default.
+
+SQLite runs in WAL mode so readers never wait for the writer; the schema is
+owned by alembic and migrated on ``open()``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, func, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from sandbank.errors import BadRequest
+from sandbank.server.store.base import (
+    ApiKeyRecord,
+    Page,
+    QuotaRecord,
+    SandboxRecord,
+    TenantUsage,
+)
+from sandbank.server.store.tables import api_keys, quotas, sandboxes
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_SANDBOX_FIELDS = [f.name for f in fields(SandboxRecord)]
+_KEY_FIELDS = [f.name for f in fields(ApiKeyRecord)]
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _migrate(connection: Connection) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+def _sandbox(row: Row[Any]) -> SandboxRecord:
+    data = row._mapping
+    return SandboxRecord(**{name: data[name] for name in _SANDBOX_FIELDS})
+
+
+def _key(row: Row[Any]) -> ApiKeyRecord:
+    data = row._mapping
+    return ApiKeyRecord(**{name: data[name] for name in _KEY_FIELDS})
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("s"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except ValueError as exc:
+        raise BadRequest(f"cursor {cursor!r} is not one this server issued") from exc
+
+
+class SqlStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine = create_async_engine(url)
+        if self._engine.dialect.name == "sqlite":
+            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+
+    async def open(self) -> None:
+        if self.url.startswith("sqlite") and ":memory:" not in self.url:
+            Path(self.url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        async with self._engine.begin() as conn:
+            await conn.run_sync(_migrate)
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    # -- sandboxes ---------------------------------------------------------------
+
+    async def insert_sandbox(self, record: SandboxRecord) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(sandboxes).values(**asdict(record)))
+
+    async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(sandboxes).where(sandboxes.c.id == sandbox_id))
+            ).first()
+        return _sandbox(row) if row else None
+
+    async def update_sandbox(
+        self,
+        sandbox_id: str,
+        changes: Mapping[str, Any],
+        *,
+        only_from: Iterable[str] | None = None,
+    ) -> SandboxRecord | None:
+        stmt = update(sandboxes).where(sandboxes.c.id == sandbox_id).values(**changes)
+        if only_from is not None:
+            stmt = stmt.where(sandboxes.c.status.in_(list(only_from)))
+        async with self._engine.begin() as conn:
+            result = await conn.execute(stmt)
+            if result.rowcount == 0:
+                return None
+            row = (await conn.execute(select(sandboxes).where(sandboxes.c.id == sandbox_id))).one()
+        return _sandbox(row)
+
+    async def list_sandboxes(
+        self,
+        *,
+        tenant: str | None,
+        statuses: Iterable[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        stmt = select(sandboxes).order_by(sandboxes.c.seq).limit(limit + 1)
+        if tenant is not None:
+            stmt = stmt.where(sandboxes.c.tenant == tenant)
+        if statuses is not None:
+            stmt = stmt.where(sandboxes.c.status.in_(list(statuses)))
+        for key, value in (metadata or {}).items():
+            stmt = stmt.where(sandboxes.c.metadata[key].as_string() == value)
+        if cursor:
+            stmt = stmt.where(sandboxes.c.seq > _decode_cursor(cursor))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1]._mapping["seq"]) if more and rows else None
+        return Page(items=[_sandbox(r) for r in rows], next_cursor=next_cursor)
+
+    async def expired(self, now: datetime, statuses: Iterable[str]) -> list[SandboxRecord]:
+        stmt = select(sandboxes).where(
+            sandboxes.c.expires_at.is_not(None),
+            sandboxes.c.expires_at <= now,
+            sandboxes.c.status.in_(list(statuses)),
+        )
+        async with self._engine.connect() as conn:
+            return [_sandbox(r) for r in (await conn.execute(stmt)).all()]
+
+    async def usage(self, tenant: str, statuses: Iterable[str]) -> TenantUsage:
+        stmt = select(
+            func.count(sandboxes.c.seq),
+            func.coalesce(func.sum(sandboxes.c.vcpu), 0.0),
+            func.coalesce(func.sum(sandboxes.c.memory_mb), 0),
+        ).where(sandboxes.c.tenant == tenant, sandboxes.c.status.in_(list(statuses)))
+        async with self._engine.connect() as conn:
+            count, vcpu, memory = (await conn.execute(stmt)).one()
+        return TenantUsage(sandboxes=int(count), vcpu=float(vcpu), memory_mb=int(memory))
+
+    # -- keys --------------------------------------------------------------------
+
+    async def insert_key(self, record: ApiKeyRecord) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(api_keys).values(**asdict(record)))
+
+    async def key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))
+            ).first()
+        return _key(row) if row else None
+
+    async def list_keys(self, tenant: str | None) -> list[ApiKeyRecord]:
+        stmt = select(api_keys).order_by(api_keys.c.created_at)
+        if tenant is not None:
+            stmt = stmt.where(api_keys.c.tenant == tenant)
+        async with self._engine.connect() as conn:
+            return [_key(r) for r in (await conn.execute(stmt)).all()]
+
+    async def revoke_key(self, key_id: str, when: datetime) -> ApiKeyRecord | None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=when)
+            )
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return _key(row) if row else None
+
+    # -- quotas ------------------------------------------------------------------
+
+    async def get_quota(self, tenant: str) -> QuotaRecord | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(quotas).where(quotas.c.tenant == tenant))).first()
+        return QuotaRecord(**row._mapping) if row else None
+
+    async def set_quota(self, record: QuotaRecord) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(quotas.delete().where(quotas.c.tenant == record.tenant))
+            await conn.execute(insert(quotas).values(**asdict(record)))

@@ -1,0 +1,62 @@
+"""Shared fixtures: the real server as a subprocess, and the leak check that
+runs after every test module."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.leaks import leftovers
+from tests.support.server import ServerProcess, free_port
+
+TEST_ROOT = Path(os.environ.get("SANDBANK_TEST_ROOT", "/var/lib/sandbank-test"))
+TEMPLATES = Path(os.environ.get("SANDBANK_TEST_TEMPLATES", str(TEST_ROOT / "templates")))
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def new_server(name: str, **extra_env: str) -> ServerProcess:
+    data_dir = TEST_ROOT / f"{name}-{secrets.token_hex(3)}"
+    return ServerProcess(
+        data_dir=data_dir,
+        templates_dir=TEMPLATES,
+        api_key="sbk_test_" + secrets.token_hex(16),
+        port=free_port(),
+        extra_env=extra_env,
+    )
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    if not is_root():
+        pytest.skip("the real server needs root")
+    srv = new_server("e2e")
+    srv.start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(srv.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def client_env(server: ServerProcess) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"SANDBANK_URL": server.url, "SANDBANK_API_KEY": server.api_key})
+    return env
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each module, nothing of a deleted sandbox may remain on the host."""
+    yield
+    if not is_root() or not TEST_ROOT.exists():
+        return
+    # The session server may still be up; every sandbox a module made must be gone.
+    found = leftovers(TEST_ROOT)
+    assert not found, f"{request.module.__name__} left behind: {found}"
