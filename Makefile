@@ -24,6 +24,7 @@ lint: install-test
 	$(VENV)/mypy src/sandbank
 	$(VENV)/lint-imports
 	$(VENV)/python scripts/gen_sync.py --check
+	$(VENV)/python scripts/export_openapi.py --check
 
 test: install-test lint
 	$(VENV)/pytest -q -p no:cacheprovider

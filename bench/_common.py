@@ -74,8 +74,9 @@ def ensure_podman_image() -> None:
     if probe.returncode == 0:
         return
     rootfs = template_rootfs()
-    proc = subprocess.Popen(["podman", "import", "-", PODMAN_IMAGE], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["podman", "import", "-", PODMAN_IMAGE], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
     assert proc.stdin is not None
 
     def unshift(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -21,7 +21,10 @@ PODMAN_N = 30
 
 
 def main() -> None:
-    with running_server("exec") as srv, Sandbox.create(base_url=srv.url, api_key=srv.api_key) as sbx:
+    with (
+        running_server("exec") as srv,
+        Sandbox.create(base_url=srv.url, api_key=srv.api_key) as sbx,
+    ):
         for _ in range(10):
             sbx.commands.run("true")
         samples = []
@@ -44,9 +47,22 @@ def main() -> None:
     name = "sandbank-bench-exec"
     subprocess.run(["podman", "rm", "-f", name], capture_output=True, check=False)
     subprocess.run(
-        ["podman", "run", "-d", "--name", name, "--ulimit", "host", "--network", "none",
-         PODMAN_IMAGE, "sleep", "infinity"],
-        check=True, capture_output=True,
+        [
+            "podman",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--ulimit",
+            "host",
+            "--network",
+            "none",
+            PODMAN_IMAGE,
+            "sleep",
+            "infinity",
+        ],
+        check=True,
+        capture_output=True,
     )
     try:
         base = []

@@ -41,8 +41,17 @@ def main() -> None:
     for _ in range(PODMAN_N):
         t0 = time.perf_counter()
         subprocess.run(
-            ["podman", "run", "--rm", "--ulimit", "host", "--network", "none", PODMAN_IMAGE,
-             "true"],
+            [
+                "podman",
+                "run",
+                "--rm",
+                "--ulimit",
+                "host",
+                "--network",
+                "none",
+                PODMAN_IMAGE,
+                "true",
+            ],
             check=True,
         )
         base.append(time.perf_counter() - t0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +40,7 @@ def server() -> Iterator[ServerProcess]:
     srv.start()
     yield srv
     srv.stop()
-    shutil.rmtree(srv.data_dir, ignore_errors=True)
+    srv.purge()
 
 
 @pytest.fixture

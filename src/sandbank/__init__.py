@@ -19,13 +19,20 @@ __version__ = "0.1.0"
 from sandbank.errors import (
     BadRequest,
     Conflict,
+    DiskFull,
     FileExists,
     FileNotFound,
     Forbidden,
+    InvalidPath,
     InvalidState,
+    IsADirectory,
+    KeyNotFound,
+    NotADirectory,
     NotFound,
+    PayloadTooLarge,
     PermissionDenied,
     QuotaExceeded,
+    RuntimeFailure,
     SandbankError,
     SandboxNotFound,
     SandboxUnavailable,
@@ -80,6 +87,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'sandbank' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _CLIENT_NAMES)
+
+
 __all__ = [
     "AdminClient",
     "ApiKeyInfo",
@@ -89,14 +100,21 @@ __all__ = [
     "CommandExitError",
     "CommandResult",
     "Conflict",
+    "DiskFull",
     "EntryInfo",
     "FileExists",
     "FileNotFound",
     "Forbidden",
+    "InvalidPath",
     "InvalidState",
+    "IsADirectory",
+    "KeyNotFound",
+    "NotADirectory",
     "NotFound",
+    "PayloadTooLarge",
     "PermissionDenied",
     "QuotaExceeded",
+    "RuntimeFailure",
     "SandbankError",
     "Sandbox",
     "SandboxInfo",

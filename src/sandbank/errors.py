@@ -32,7 +32,10 @@ Stdlib only: the agent imports this module inside sandboxes.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the agent imports this module; typing costs it startup time
+    from typing import Any, ClassVar
 
 
 class SandbankError(Exception):

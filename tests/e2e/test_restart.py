@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import sqlite3
 import time
@@ -23,7 +22,9 @@ def test_kill_9_and_restart_reconciles() -> None:
             keeper = api.post("/v1/sandboxes", json={"timeout": 600}).json()["id"]
             short = api.post("/v1/sandboxes", json={"timeout": 3}).json()["id"]
             orphan = api.post("/v1/sandboxes", json={"timeout": 600}).json()["id"]
-            api.put(f"/v1/sandboxes/{keeper}/files", params={"path": "state.txt"}, content=b"kept")
+            api.put(
+                f"/v1/sandboxes/{keeper}/files", params={"path": "state.txt"}, content=b"kept\n"
+            )
             api.post(
                 f"/v1/sandboxes/{keeper}/exec",
                 json={"command": "nohup sleep 1000 >/dev/null 2>&1 &"},
@@ -50,4 +51,4 @@ def test_kill_9_and_restart_reconciles() -> None:
         assert leftovers(srv.data_dir) == []
     finally:
         srv.stop()
-        shutil.rmtree(srv.data_dir, ignore_errors=True)
+        srv.purge()

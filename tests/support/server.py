@@ -97,6 +97,28 @@ class ServerProcess:
                 self.proc.wait()
         self.proc = None
 
+    def purge(self) -> None:
+        """After the server stopped: tear down whatever of its sandboxes is
+        left on the host (a failed test must not leak mounts or processes),
+        then remove its data dir."""
+        import asyncio
+        import shutil
+
+        from sandbank.runtime.linux.driver import LinuxRuntime
+
+        async def destroy_all() -> None:
+            runtime = LinuxRuntime(self.data_dir, self.templates_dir)
+            await runtime.start()
+            try:
+                for sandbox_id in await runtime.running():
+                    await runtime.destroy(sandbox_id)
+            finally:
+                await runtime.close()
+
+        if self.data_dir.exists():
+            asyncio.run(destroy_all())
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
     def client(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(
             base_url=self.url,

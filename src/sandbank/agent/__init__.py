@@ -1,0 +1,13 @@
+"""The agent: PID 1 inside every sandbox, serving ``sandbank.protocol.agent`` on
+a unix socket.
+
+It runs under the sandbox's own python3 with only this package, ``sandbank.errors``
+and ``sandbank.protocol`` on its path, so it imports nothing else from the
+project and nothing outside the standard library.
+
+    server     the socket, one thread per connection, signals, start-up
+    reaper     waits for every process in the sandbox (PID 1's duty)
+    processes  ``exec``
+    files      ``read``, ``write``, ``list``, ``stat``, ``move``, ``mkdir``, ``remove``
+    base       what they share: users, paths, entries, errno -> error code
+"""

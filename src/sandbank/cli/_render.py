@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,8 @@ from rich.table import Table
 
 from sandbank.client import ApiKeyInfo, SandboxInfo, SandboxMetrics, TemplateInfo
 
-_console = Console(highlight=False, soft_wrap=False)
+#: Piped output is not cut at 80 columns: a truncated id is useless to a script.
+_console = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
 
 
 def print_json(data: Any) -> None:
@@ -56,7 +58,8 @@ def _labels(metadata: dict[str, str]) -> str:
 def _table(*columns: str) -> Table:
     table = Table(box=box.SIMPLE, header_style="bold")
     for column in columns:
-        table.add_column(column, overflow="fold")
+        # Ids are copied into other commands, so they never wrap.
+        table.add_column(column, overflow="fold", no_wrap=column == "ID")
     return table
 
 
@@ -70,7 +73,9 @@ def _details(rows: Iterable[tuple[str, str]]) -> None:
 
 
 def sandboxes(infos: list[SandboxInfo]) -> None:
-    table = _table("ID", "NAME", "TEMPLATE", "STATUS", "VCPU", "MEMORY", "REGION", "EXPIRES", "LABELS")
+    table = _table(
+        "ID", "NAME", "TEMPLATE", "STATUS", "VCPU", "MEMORY", "REGION", "EXPIRES", "LABELS"
+    )
     for info in infos:
         table.add_row(
             info.id,

@@ -10,7 +10,6 @@ import errno
 import sys
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -39,7 +38,8 @@ def fail(code: str, message: str) -> NoReturn:
 class _ReportingGroup(TyperGroup):
     """Turns errors into one ``error: code: message`` line, never a traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    # ``ctx`` is typer's vendored click context, which has no public type name.
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except errors.SandbankError as exc:
@@ -67,11 +67,11 @@ Pairs = Annotated[list[str] | None, typer.Option(metavar="K=V")]
 
 
 @app.callback()
-def main(
+def global_options(
     ctx: typer.Context,
     url: Annotated[
         str | None,
-        typer.Option(envvar="SANDBANK_URL", help="Server URL [default: http://127.0.0.1:7420]."),
+        typer.Option(envvar="SANDBANK_URL", help="Server URL (default http://127.0.0.1:7420)."),
     ] = None,
     api_key: Annotated[
         str | None,
@@ -147,8 +147,11 @@ def list_sandboxes(
 
 
 @app.command()
-def info(ctx: typer.Context, sandbox_id: Annotated[str, typer.Argument(metavar="ID")],
-         as_json: JsonFlag = False) -> None:
+def info(
+    ctx: typer.Context,
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonFlag = False,
+) -> None:
     """Show one sandbox."""
     with _options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.info
@@ -162,17 +165,20 @@ def info(ctx: typer.Context, sandbox_id: Annotated[str, typer.Argument(metavar="
 def exec_command(
     ctx: typer.Context,
     sandbox_id: Annotated[str, typer.Argument(metavar="ID")],
-    command: Annotated[list[str], typer.Argument(metavar="-- CMD...")],
+    command: Annotated[list[str], typer.Argument(metavar="CMD")],
     user: Annotated[str, typer.Option(help="user or root.")] = "user",
     cwd: Annotated[str | None, typer.Option(help="Working directory.")] = None,
     env: Pairs = None,
     timeout: Annotated[float, typer.Option(help="Seconds; 0 for no limit.")] = 60,
-    stdin: Annotated[bool, typer.Option("--stdin", "-i", help="Send this stdin.")] = False,
+    stdin: Annotated[
+        bool, typer.Option("--stdin", "-i", help="Pass this stdin to the command.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run a command and exit with its exit code.
+    """Run a command; exit with its exit code.
 
-    One CMD argument is a shell string (sh -c); several are an argv.
+    Usage: exec ID [OPTIONS] -- CMD... One CMD argument is a shell string
+    (sh -c); several are an argv.
     """
     cmd: str | list[str] = command[0] if len(command) == 1 else command
     input_text = sys.stdin.read() if stdin else None
@@ -248,7 +254,8 @@ def timeout(
 
 @app.command()
 def metrics(
-    ctx: typer.Context, sandbox_id: Annotated[str, typer.Argument(metavar="ID")],
+    ctx: typer.Context,
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID")],
     as_json: JsonFlag = False,
 ) -> None:
     """Show a sandbox's resource use."""

@@ -12,7 +12,9 @@ One unix-socket connection carries one operation. Everything on it is a frame:
 
 A request is ``J{"op": ..., ...}`` (+ ``D``* ``Z`` for uploads). Every answer
 starts with ``J{"ok": true, ...}`` or ``J{"ok": false, "code", "message"}``
-where ``code`` is one of ``sandbank.errors``. Operations:
+where ``code`` is one of ``sandbank.errors``. Once an ``ok`` header is out, a
+failure can only cut the connection: the client sees a stream without its end.
+Operations:
 
 ``ping``   -> ok, pid, version
 ``exec``   {cmd, env, cwd, user, timeout, stdin_b64} -> ok+pid, O/E*, J{exit_code, timed_out,
@@ -26,16 +28,47 @@ where ``code`` is one of ``sandbank.errors``. Operations:
 ``remove`` {path, recursive} -> ok
 
 An entry is ``{name, path, type, size, mode, permissions, owner, group, modified_at,
-symlink_target}``; ``type`` is ``file``, ``dir``, ``symlink`` or ``other``.
+symlink_target}``; ``type`` is ``file``, ``dir``, ``symlink`` or ``other``;
+``mode`` holds the permission bits, ``permissions`` the same as ``rwxr-xr-x``.
+
+Details every implementation keeps:
+
+* ``user`` is optional everywhere (default ``user``) and also accepted by
+  ``read``, ``list``, ``stat`` and ``remove``. Relative paths start at that
+  user's home; what ``write``, ``move`` and ``mkdir`` create belongs to them.
+* ``exec``: ``cmd`` is an argv list (no shell). ``cwd`` defaults to the user's
+  home; ``env`` gets PATH, HOME, USER, LOGNAME, SHELL and LANG where it lacks
+  them, nothing else; no ``stdin_b64`` means /dev/null. ``timeout`` is in
+  seconds, null for none; on expiry the command's whole process group is
+  killed and ``timed_out`` is true. A death by signal N is exit code 128+N.
+  A command that cannot be executed still answers ok, with ``pid`` null, a
+  message on ``E`` and exit code 127 (not found) or 126. The client keeps its
+  side open until the exit frame: a hang-up cancels the command (its process
+  group is killed).
+* ``write``: ``mode`` (permission bits) is optional; an overwrite keeps the old
+  file's owner and mode. The agent may answer an error *before* the ``Z`` (a
+  directory in the way, a full disk); it then reads and discards the rest of
+  the stream, so a client that watches for the answer while sending can stop
+  early and hang up.
+* ``list``: ``depth`` >= 1; depth first, sorted by name, never descending into
+  symlinks; more than 50,000 entries is ``payload_too_large``.
+* ``mkdir`` creates parents; ``created`` is false if the directory was there.
+* ``remove`` refuses ``/``; a non-empty directory needs ``recursive``
+  (``conflict`` otherwise).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 import struct
-from typing import Any
+
+# Annotation-only imports: the agent starts on every sandbox's critical path and
+# importing asyncio alone costs it tens of milliseconds.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    import socket
+    from typing import Any
 
 VERSION = "1"
 
@@ -106,6 +139,8 @@ def send_json(sock: socket.socket, obj: dict[str, Any]) -> None:
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    import asyncio
+
     try:
         head = await reader.readexactly(HEADER.size)
         kind, length = HEADER.unpack(head)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -68,6 +69,7 @@ async def run(
     output: IO[bytes] | None = None,
     new_session: bool = False,
     cwd: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> ProcResult:
     """Run ``argv`` to completion.
 
@@ -75,17 +77,22 @@ async def run(
     pipes; used for processes that outlive the call (``runc run -d`` hands its
     stdio to the container, and a pipe would then never reach EOF).
     ``new_session``: detach from the server's session so a terminal's Ctrl-C
-    aimed at the server never reaches what we start.
+    aimed at the server never reaches what we start; on timeout or
+    cancellation the whole process group is killed.
+    ``on_line``: called with each line of output (stderr merged into stdout)
+    as it appears, for progress displays of long commands.
     """
     args = [os.fspath(a) for a in argv]
+    if on_line is not None and (stdin is not None or output is not None):
+        raise ValueError("on_line reads the output itself: no stdin or output with it")
     started = time.monotonic()
-    pipe = asyncio.subprocess.PIPE
+    pipe, merged = asyncio.subprocess.PIPE, asyncio.subprocess.STDOUT
     try:
         proc = await asyncio.create_subprocess_exec(
             *args,
             stdin=pipe if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=output if output is not None else pipe,
-            stderr=output if output is not None else pipe,
+            stderr=output if output is not None else (merged if on_line else pipe),
             env=dict(BASE_ENV if env is None else env),
             start_new_session=new_session,
             cwd=cwd,
@@ -93,10 +100,12 @@ async def run(
     except OSError as exc:
         raise RuntimeFailure(f"cannot run {args[0]}: {exc}", command=describe(args)) from exc
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        if on_line is not None:
+            out, err = await asyncio.wait_for(_stream(proc, on_line), timeout), b""
+        else:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        _kill(proc, new_session)
         # Reap it so no zombie is left behind; it was just SIGKILLed.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(proc.wait(), 5)
@@ -104,8 +113,7 @@ async def run(
             f"{describe(args)} timed out after {timeout:g}s", command=describe(args)
         ) from None
     except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        _kill(proc, new_session)
         raise
     result = ProcResult(
         argv=args,
@@ -117,6 +125,29 @@ async def run(
     if check and result.returncode != 0:
         raise failure(result)
     return result
+
+
+def _kill(proc: asyncio.subprocess.Process, group: bool) -> None:
+    """SIGKILL the process, or its whole session's process group (debootstrap's
+    dpkg children, for one) when it was started in a session of its own."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+
+
+async def _stream(proc: asyncio.subprocess.Process, on_line: Callable[[str], None]) -> bytes:
+    """Forward output line by line; keep only a tail for error messages."""
+    assert proc.stdout is not None
+    kept = bytearray()
+    while line := await proc.stdout.readline():
+        kept += line
+        del kept[: max(0, len(kept) - 64 * 1024)]
+        with contextlib.suppress(Exception):
+            on_line(line.decode(errors="replace").rstrip())
+    await proc.wait()
+    return bytes(kept)
 
 
 def failure(result: ProcResult, what: str | None = None) -> RuntimeFailure:

@@ -142,13 +142,12 @@ class AsyncApiConnection:
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             return ServerUnreachable(
                 f"cannot reach the sandbank server at {url} ({exc or type(exc).__name__}); "
-                f"is it running? Set SANDBANK_URL or pass base_url to use another address"
+                f"is it running? (SANDBANK_URL sets the address)"
             )
         if isinstance(exc, httpx.TimeoutException):
             return errors.Timeout(f"the sandbank server at {url} did not answer within {timeout}s")
         return ServerUnreachable(
-            f"lost the connection to the sandbank server at {url} "
-            f"({exc or type(exc).__name__})"
+            f"lost the connection to the sandbank server at {url} ({exc or type(exc).__name__})"
         )
 
     async def close(self) -> None:

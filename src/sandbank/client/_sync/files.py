@@ -143,6 +143,8 @@ class Filesystem:
         target = Path(local_path)
         if target.is_dir():
             raise errors.IsADirectory(f"{target} is a local directory; name the file to write")
+        if not target.parent.is_dir():
+            raise errors.FileNotFound(f"local directory {target.parent} does not exist")
         partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
         written = 0
         try:

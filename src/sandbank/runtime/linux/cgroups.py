@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbank.runtime.linux import mounts as mount_table
+
 #: v1 controllers runc knows; other mount options (rw, relatime, ...) are not controllers.
 V1_CONTROLLERS = frozenset(
     {
@@ -57,19 +59,14 @@ class CgroupLayout:
     @classmethod
     def detect(cls, mounts: str | None = None) -> CgroupLayout:
         """Parse a mount table (default: ``/proc/self/mounts``)."""
-        if mounts is None:
-            mounts = Path("/proc/self/mounts").read_text()
+        table = mount_table.table() if mounts is None else mount_table.parse(mounts)
         found: list[Hierarchy] = []
-        for line in mounts.splitlines():
-            fields = line.split()
-            if len(fields) < 4:
-                continue
-            mountpoint, fstype, options = _unescape(fields[1]), fields[2], fields[3].split(",")
-            if fstype == "cgroup2":
-                found.append(Hierarchy(Path(mountpoint), frozenset(), unified=True))
-            elif fstype == "cgroup":
-                names = {o for o in options if o in V1_CONTROLLERS or o.startswith("name=")}
-                found.append(Hierarchy(Path(mountpoint), frozenset(names)))
+        for m in table:
+            if m.fstype == "cgroup2":
+                found.append(Hierarchy(m.point, frozenset(), unified=True))
+            elif m.fstype == "cgroup":
+                names = {o for o in m.options if o in V1_CONTROLLERS or o.startswith("name=")}
+                found.append(Hierarchy(m.point, frozenset(names)))
         if not found:
             raise OSError("no cgroup filesystem is mounted")
         return cls(tuple(found))
@@ -93,16 +90,16 @@ class CgroupLayout:
         entries: dict[str, str] = {}
         for line in proc_cgroup.splitlines():
             _, _, rest = line.partition(":")
-            names, _, path = rest.partition(":")
-            entries[names] = path
+            names, _, where = rest.partition(":")
+            entries[names] = where
             for name in names.split(","):
-                entries.setdefault(name, path)
+                entries.setdefault(name, where)
         key = "" if self.version == 2 else "memory"
-        path = entries.get(key)
-        if path is None:
+        found = entries.get(key)
+        if found is None:
             raise OSError(f"no {key or 'unified'} entry in /proc/self/cgroup")
         # A process whose cgroup was removed shows " (deleted)"; nest under what is left.
-        return path.removesuffix(" (deleted)") or "/"
+        return found.removesuffix(" (deleted)") or "/"
 
     def swap_limit_supported(self, parent: str) -> bool:
         """Whether a swap limit can be written; v1 only has it with memsw accounting."""
@@ -119,13 +116,6 @@ class CgroupLayout:
 
     def cgroup(self, path: str) -> Cgroup:
         return Cgroup(self, path)
-
-
-def _unescape(field: str) -> str:
-    """/proc/mounts escapes spaces and friends as octal."""
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, char)
-    return field
 
 
 def _join(mountpoint: Path, path: str) -> Path:
@@ -268,25 +258,32 @@ class Cgroup:
             await asyncio.sleep(0.05)
 
 
-def make_room(layout: CgroupLayout, parent: str, leaf: str = "server") -> str:
-    """On v2, make ``parent`` able to hold child cgroups with controllers.
+SERVER_LEAF = "sandbank-server"
 
-    cgroup2's "no internal processes" rule forbids enabling controllers for the
-    children of a cgroup that has processes of its own, which is exactly the
-    server's cgroup (a systemd service, a container). The processes of that
-    cgroup — the server and its own helpers — move into a ``leaf`` child.
-    Returns the path they now live in; a no-op on v1 and at the root.
+
+def make_room(layout: CgroupLayout, own: str, leaf: str = SERVER_LEAF) -> str:
+    """The cgroup to nest sandboxes under, given the server's own cgroup ``own``.
+
+    On v2, cgroup2's "no internal processes" rule forbids enabling controllers
+    for the children of a cgroup that has processes of its own, which is exactly
+    the server's cgroup (a systemd service, a container). The processes of that
+    cgroup (the server and its own helpers) move into a ``leaf`` child, and
+    sandboxes nest beside it. A server that already sits in such a leaf (a
+    second start in the same process) nests under the leaf's parent. On v1 and
+    at the root this is ``own`` unchanged.
     """
-    if layout.version != 2 or not parent.strip("/"):
-        return parent
-    base = _join(layout.hierarchies[0].mountpoint, parent)
+    if layout.version != 2 or not own.strip("/"):
+        return own
+    head, _, tail = own.rstrip("/").rpartition("/")
+    if tail == leaf:
+        return head or "/"
+    base = _join(layout.hierarchies[0].mountpoint, own)
     procs = (base / "cgroup.procs").read_text().split()
-    if not procs:
-        return parent
-    target = base / leaf
-    target.mkdir(exist_ok=True)
-    for pid in procs:
-        # A process can exit between the read and the write.
-        with contextlib.suppress(ProcessLookupError, OSError):
-            (target / "cgroup.procs").write_text(pid)
-    return parent.rstrip("/") + "/" + leaf
+    if procs:
+        target = base / leaf
+        target.mkdir(exist_ok=True)
+        for pid in procs:
+            # A process can exit between the read and the write.
+            with contextlib.suppress(OSError):
+                (target / "cgroup.procs").write_text(pid)
+    return own

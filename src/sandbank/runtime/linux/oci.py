@@ -95,11 +95,11 @@ def mounts(run_dir: Path, agent_lib: Path) -> list[dict[str, Any]]:
             "devpts",
             ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
         ),
-        _mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        _mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=64m"]),
         _mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
         # Allowed because the sandbox owns its network namespace.
         _mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]),
-        _mount("/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev", "relatime", "ro"]),
+        _mount("/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev", "ro"]),
         _mount(SOCKET_DIR, "bind", str(run_dir), ["rbind", "nosuid", "nodev", "noexec", "rw"]),
         _mount(AGENT_LIB, "bind", str(agent_lib), ["rbind", "nosuid", "nodev", "ro"]),
     ]
@@ -129,9 +129,9 @@ def build_config(
     seccomp: dict[str, Any] | None,
     rlimits: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    env = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", **spec.env}
-    # The agent's own settings win over whatever the sandbox spec asks for.
-    env["PYTHONPATH"] = AGENT_LIB
+    # Only the agent's own environment: it never passes it on to commands, so the
+    # sandbox's variables (spec.env) travel with each exec request instead.
+    env = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", "PYTHONPATH": AGENT_LIB}
     caps = list(DEFAULT_CAPS)
     linux: dict[str, Any] = {
         "namespaces": [{"type": ns} for ns in NAMESPACES],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -44,10 +45,8 @@ def write_identity(rootfs: Path, hostname: str, owner: int) -> None:
             "::1\tlocalhost ip6-localhost ip6-loopback\n"
         )
         for name, text in (("hostname", hostname + "\n"), ("hosts", hosts)):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=etc)
-            except FileNotFoundError:
-                pass
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             fd = os.open(name, flags, 0o644, dir_fd=etc)
             try:

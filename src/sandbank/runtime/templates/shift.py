@@ -61,7 +61,8 @@ def shift_tree(root: Path, offset: int, id_range: int) -> int:
             continue
         seen.add(key)
         if st.st_uid >= id_range or st.st_gid >= id_range:
-            raise ValueError(f"{path} is owned by {st.st_uid}:{st.st_gid}, outside 0..{id_range - 1}")
+            owner = f"{st.st_uid}:{st.st_gid}"
+            raise ValueError(f"{path} is owned by {owner}, outside 0..{id_range - 1}")
         _shift_one(path, st, offset)
         count += 1
     return count

@@ -1,0 +1,255 @@
+"""The server's end of ``sandbank.protocol.agent``: a ``SandboxChannel`` over the
+agent's unix socket.
+
+Every operation opens its own connection and closes it when done. Nothing
+outlives an operation, so the agent can be checkpointed, restored or restarted
+between two calls, and the server can restart without telling it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sandbank.errors import SandbankError, SandboxUnavailable, Timeout, from_code
+from sandbank.protocol.agent import (
+    CHUNK,
+    DATA,
+    END,
+    JSON,
+    STDERR,
+    STDOUT,
+    FrameError,
+    encode,
+    encode_json,
+    read_frame,
+    read_json,
+)
+from sandbank.runtime.base import ExecResult, ExecSpec, FileEntry
+
+#: sun_path holds 108 bytes including the terminating NUL.
+MAX_UNIX_PATH = 107
+#: How long past its own timeout an exec may take before the client gives up on
+#: the agent: killing, draining and answering take a moment, a stuck agent forever.
+EXEC_MARGIN = 15.0
+#: Pause between connection attempts while waiting for a fresh agent.
+READY_POLL = 0.0015
+#: Read buffer; above CHUNK so a whole data frame fits without extra wakeups.
+STREAM_LIMIT = 1024 * 1024
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class AgentClient:
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+
+    def __repr__(self) -> str:
+        return f"AgentClient({str(self.socket_path)!r})"
+
+    # -- connections ---------------------------------------------------------------
+
+    async def _connect(self) -> Streams:
+        try:
+            if len(os.fsencode(self.socket_path)) <= MAX_UNIX_PATH:
+                return await asyncio.open_unix_connection(self.socket_path, limit=STREAM_LIMIT)
+            # Too long for sun_path: go through a descriptor of the directory,
+            # which the kernel resolves back to the same place.
+            dirfd = os.open(self.socket_path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                short = f"/proc/self/fd/{dirfd}/{self.socket_path.name}"
+                return await asyncio.open_unix_connection(short, limit=STREAM_LIMIT)
+            finally:
+                os.close(dirfd)
+        except OSError as exc:
+            raise SandboxUnavailable(
+                f"the agent at {self.socket_path} is not answering: {exc.strerror or exc}"
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def _open(self, request: dict[str, Any]) -> AsyncIterator[Streams]:
+        """A connection with ``request`` sent; broken connections become
+        ``SandboxUnavailable``, and the connection is always closed."""
+        reader, writer = await self._connect()
+        try:
+            writer.write(encode_json(request))
+            await writer.drain()
+            yield reader, writer
+        except (FrameError, ConnectionError, json.JSONDecodeError) as exc:
+            raise SandboxUnavailable(f"lost the agent at {self.socket_path}: {exc}") from exc
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @staticmethod
+    def _checked(header: dict[str, Any]) -> dict[str, Any]:
+        if header.get("ok") is True:
+            return header
+        code = str(header.get("code", "internal_error"))
+        message = str(header.get("message", "the agent reported an error"))
+        details = {k: v for k, v in header.items() if k not in ("ok", "code", "message")}
+        raise from_code(code, message, **details)
+
+    async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        async with self._open(request) as (reader, _):
+            return self._checked(await read_json(reader))
+
+    # -- readiness -----------------------------------------------------------------
+
+    async def ping(self) -> dict[str, Any]:
+        return await self._call({"op": "ping"})
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Return once the agent answers a ping; ``SandboxUnavailable`` after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last: Exception | None = None
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.ping()
+                return
+            except (SandboxUnavailable, TimeoutError) as exc:
+                last = exc
+            await asyncio.sleep(READY_POLL)
+        raise SandboxUnavailable(
+            f"the agent at {self.socket_path} did not answer within {timeout:g}s"
+            + (f" ({last})" if last else "")
+        )
+
+    # -- SandboxChannel ------------------------------------------------------------
+
+    async def exec(self, spec: ExecSpec) -> ExecResult:
+        request = {
+            "op": "exec",
+            "cmd": list(spec.cmd),
+            "env": dict(spec.env),
+            "cwd": spec.cwd,
+            "user": spec.user,
+            "timeout": spec.timeout,
+            "stdin_b64": None if spec.stdin is None else base64.b64encode(spec.stdin).decode(),
+        }
+        limit = None if spec.timeout is None else spec.timeout + EXEC_MARGIN
+        stdout, stderr = bytearray(), bytearray()
+        try:
+            async with asyncio.timeout(limit), self._open(request) as (reader, _):
+                header = self._checked(await read_json(reader))
+                while True:
+                    kind, payload = await read_frame(reader)
+                    if kind == STDOUT:
+                        stdout += payload
+                    elif kind == STDERR:
+                        stderr += payload
+                    elif kind == JSON:
+                        done = json.loads(payload)
+                        break
+                    else:
+                        raise FrameError(f"unexpected {kind!r} frame during exec")
+        except TimeoutError as exc:
+            if limit is None:
+                raise
+            # Closing the connection made the agent kill the command's process group.
+            raise Timeout(f"the agent did not finish {spec.cmd[0]!r} within {limit:g}s") from exc
+        return ExecResult(
+            exit_code=int(done["exit_code"]),
+            stdout=bytes(stdout),
+            stderr=bytes(stderr),
+            duration_ms=float(done["duration_ms"]),
+            timed_out=bool(done["timed_out"]),
+            pid=header.get("pid"),
+        )
+
+    async def read_file(self, path: str) -> AsyncIterator[bytes]:
+        async with self._open({"op": "read", "path": path}) as (reader, _):
+            # The header decides before the first chunk: a missing file raises here.
+            self._checked(await read_json(reader))
+            while True:
+                kind, payload = await read_frame(reader)
+                if kind == END:
+                    return
+                if kind != DATA:
+                    raise FrameError(f"unexpected {kind!r} frame in a file stream")
+                yield payload
+
+    async def write_file(
+        self,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        user: str = "user",
+        mode: int | None = None,
+    ) -> FileEntry:
+        request = {"op": "write", "path": path, "user": user, "mode": mode}
+        async with self._open(request) as (reader, writer):
+            # The agent may refuse before the stream ends (a directory, a full
+            # disk): its answer is read concurrently, and sending stops once it comes.
+            answer = asyncio.ensure_future(read_json(reader))
+            try:
+                async for chunk in chunks:
+                    if answer.done():
+                        break
+                    for start in range(0, len(chunk), CHUNK):
+                        writer.write(encode(DATA, chunk[start : start + CHUNK]))
+                    await writer.drain()
+                else:
+                    if not answer.done():
+                        writer.write(encode(END))
+                        await writer.drain()
+            except BaseException:
+                # The data source failed (the uploader went away): closing
+                # without Z makes the agent discard everything it received.
+                answer.cancel()
+                with contextlib.suppress(BaseException):
+                    await answer
+                raise
+            header = self._checked(await answer)
+        return _entry(header["entry"])
+
+    async def list_dir(self, path: str, depth: int = 1) -> list[FileEntry]:
+        header = await self._call({"op": "list", "path": path, "depth": depth})
+        return [_entry(item) for item in header["entries"]]
+
+    async def stat(self, path: str) -> FileEntry:
+        return _entry((await self._call({"op": "stat", "path": path}))["entry"])
+
+    async def move(self, src: str, dst: str, *, user: str = "user") -> FileEntry:
+        header = await self._call({"op": "move", "src": src, "dst": dst, "user": user})
+        return _entry(header["entry"])
+
+    async def make_dir(self, path: str, *, user: str = "user") -> tuple[bool, FileEntry]:
+        header = await self._call({"op": "mkdir", "path": path, "user": user})
+        return bool(header["created"]), _entry(header["entry"])
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        await self._call({"op": "remove", "path": path, "recursive": recursive})
+
+
+def _entry(raw: dict[str, Any]) -> FileEntry:
+    try:
+        return FileEntry(
+            name=raw["name"],
+            path=raw["path"],
+            type=raw["type"],
+            size=int(raw["size"]),
+            mode=int(raw["mode"]),
+            permissions=raw["permissions"],
+            owner=raw["owner"],
+            group=raw["group"],
+            modified_at=float(raw["modified_at"]),
+            symlink_target=raw.get("symlink_target"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SandbankError(f"the agent sent a malformed file entry: {raw!r}") from exc
+
+
+__all__ = ["AgentClient"]

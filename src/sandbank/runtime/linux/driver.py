@@ -1,0 +1,392 @@
+"""The Linux runtime: runc + overlayfs + a loop-mounted ext4 disk + cgroups + namespaces.
+
+A sandbox is an OCI container whose process is the agent. It is started
+detached (``run -d``), so it is not a child of the server and survives a
+server crash; everything needed to find and remove it again lives on disk
+(``runtime.json``, the OCI runtime's state, the mount table), never only in
+this object's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import stat
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
+
+from sandbank.errors import InvalidState, RuntimeFailure, SandboxNotFound
+from sandbank.runtime.agent_client import AgentClient
+from sandbank.runtime.base import SandboxChannel, SandboxSpec, SandboxUsage, TemplateInfo
+from sandbank.runtime.linux import (
+    agentlib,
+    disk,
+    fsflags,
+    mounts,
+    oci,
+    overlay,
+    seccomp,
+    teardown,
+)
+from sandbank.runtime.linux.cgroups import Cgroup, CgroupLayout, make_room
+from sandbank.runtime.linux.layout import (
+    MAX_SOCKET_PATH,
+    SandboxDir,
+    SandboxRecord,
+    check_id,
+    is_valid_id,
+)
+from sandbank.runtime.linux.ocicli import OciCli, pick_binary
+from sandbank.runtime.templates import TemplateStore
+
+log = logging.getLogger(__name__)
+
+
+class _Settings(Protocol):
+    data_dir: Path
+    oci_runtime: str
+    template_mirror: str | None
+    pids_limit: int
+
+    @property
+    def template_root(self) -> Path: ...
+
+
+class LinuxRuntime:
+    name = "linux"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        template_root: Path | None = None,
+        *,
+        oci_runtime: str = "auto",
+        template_mirror: str | None = None,
+        template_seed: Path | None = None,
+        pids_limit: int = 0,
+        disk_pool_sizes: Iterable[int] = (1,),
+        disk_pool_depth: int = 2,
+        ready_timeout: float = 20.0,
+    ) -> None:
+        """``template_seed``: an unshifted debootstrap of the recipe's packages to
+        build from instead of downloading (offline hosts, tests).
+        ``pids_limit``: a host-wide ceiling on every sandbox's pids limit (0: none).
+        ``disk_pool_*``: pre-formatted disk images kept ready, per size in GB."""
+        self.data_dir = Path(data_dir).absolute()
+        self.template_root = Path(template_root or self.data_dir / "templates").absolute()
+        self.oci_setting = oci_runtime
+        self.pids_ceiling = pids_limit
+        self.ready_timeout = ready_timeout
+        self.store = TemplateStore(self.template_root, mirror=template_mirror, seed=template_seed)
+        self.pool = disk.DiskPool(
+            self.data_dir / "pool", owner=oci.ID_SHIFT, depth=disk_pool_depth, sizes=disk_pool_sizes
+        )
+        self.sandboxes_dir = self.data_dir / "sandboxes"
+        self.agent_lib = self.data_dir / "agent" / "lib"
+        self.layout: CgroupLayout | None = None
+        self.cgroup_parent = "/"
+        self._oci: OciCli | None = None
+        # Weak: a lock lives while someone holds or awaits it, not once per id forever.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._channels: dict[str, AgentClient] = {}
+        self._cpu_samples: dict[str, tuple[float, float]] = {}
+        #: Seconds per create phase, by sandbox id (for benchmarks and the debug log).
+        self.timings: dict[str, dict[str, float]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: _Settings) -> LinuxRuntime:
+        return cls(
+            settings.data_dir,
+            settings.template_root,
+            oci_runtime=settings.oci_runtime,
+            template_mirror=settings.template_mirror,
+            # Optional settings: an offline seed, and the size most sandboxes ask for.
+            template_seed=getattr(settings, "template_seed", None),
+            pids_limit=settings.pids_limit,
+            disk_pool_sizes=(getattr(settings, "disk_gb_default", 1),),
+        )
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        if os.geteuid() != 0:
+            raise RuntimeFailure("the linux runtime needs root")
+        for d in (self.data_dir, self.sandboxes_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            # Root inside a sandbox is host uid ID_SHIFT: it must be able to traverse
+            # down to its rootfs and bind-mount sources, and read nothing else.
+            os.chmod(d, 0o711)
+        _check_traversable(self.data_dir)
+        for p in (self.data_dir, self.template_root):
+            mounts.check_option_safe(p)
+        (self.data_dir / "runc").mkdir(mode=0o700, exist_ok=True)
+        try:
+            fsflags.check_supported(self.sandboxes_dir)
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"the file system of {self.sandboxes_dir} cannot make directories immutable "
+                f"(chattr +i), which keeps sandboxes from redirecting their channel: {exc}"
+            ) from exc
+        self.layout = CgroupLayout.detect()
+        self.cgroup_parent = make_room(self.layout, self.layout.parent_path())
+        binary = pick_binary(self.oci_setting, unified_cgroups=self.layout.version == 2)
+        self._oci = OciCli(binary, self.data_dir / "runc")
+        await asyncio.to_thread(agentlib.assemble, self.agent_lib)
+        self.pool.start()
+        log.info(
+            "linux runtime: %s, cgroup v%d%s under %s",
+            binary, self.layout.version, " (hybrid)" if self.layout.hybrid else "",
+            self.cgroup_parent,
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        # Sandboxes keep running: they outlive the server by design.
+        await self.pool.close()
+
+    @property
+    def ocicli(self) -> OciCli:
+        if self._oci is None:
+            raise RuntimeFailure("the linux runtime is not started")
+        return self._oci
+
+    @property
+    def cgroups(self) -> CgroupLayout:
+        if self.layout is None:
+            raise RuntimeFailure("the linux runtime is not started")
+        return self.layout
+
+    # -- templates -------------------------------------------------------------
+
+    async def ensure_template(
+        self, name: str, on_progress: Callable[[str], None] | None = None
+    ) -> TemplateInfo:
+        return await self.store.ensure(name, on_progress)
+
+    async def templates(self) -> list[TemplateInfo]:
+        return [self.store.info(n) for n in self.store.names()]
+
+    # -- sandboxes ---------------------------------------------------------------
+
+    def _box(self, sandbox_id: str) -> SandboxDir:
+        return SandboxDir(self.sandboxes_dir / check_id(sandbox_id))
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def _target(self, sandbox_id: str) -> teardown.Target:
+        box = self._box(sandbox_id)
+        cgs = teardown.cgroup_candidates(
+            sandbox_id, self.cgroups, self.ocicli, box, self.cgroup_parent
+        )
+        return teardown.Target(sandbox_id, box, self.ocicli, cgs)
+
+    async def create(self, spec: SandboxSpec) -> None:
+        box = self._box(spec.id)
+        async with self._lock(spec.id):
+            if box.root.exists() or self.ocicli.state_dir(spec.id).exists():
+                raise InvalidState(f"sandbox {spec.id} already exists")
+            lower = self.store.lower(spec.template)
+            if len(str(box.socket).encode()) > MAX_SOCKET_PATH:
+                raise RuntimeFailure(f"data dir path too long for a unix socket: {box.socket}")
+            marks: dict[str, float] = {}
+            clock = time.monotonic()
+
+            def mark(phase: str) -> None:
+                nonlocal clock
+                now = time.monotonic()
+                marks[phase] = now - clock
+                clock = now
+
+            try:
+                await self._build(spec, box, lower, mark)
+            except BaseException as exc:
+                detail = box.log_tail()
+                errors = await teardown.destroy(self._target(spec.id))
+                if errors:
+                    log.error("cleanup after failed create of %s: %s", spec.id, errors)
+                if not isinstance(exc, Exception):
+                    raise
+                msg = f"creating sandbox {spec.id} failed: {exc}"
+                if detail:
+                    msg += f"\nagent.log:\n{detail}"
+                raise RuntimeFailure(msg) from exc
+            self.timings[spec.id] = marks
+            log.debug("created %s: %s", spec.id, {k: round(v * 1000, 1) for k, v in marks.items()})
+
+    async def _build(
+        self, spec: SandboxSpec, box: SandboxDir, lower: Path, mark: Callable[[str], None]
+    ) -> None:
+        box.root.mkdir(mode=0o711)
+        cgroups_path = f"{self.cgroup_parent.rstrip('/')}/sandbank/{spec.id}"
+        pids = spec.pids_limit
+        if self.pids_ceiling > 0:
+            pids = min(pids, self.pids_ceiling) if pids > 0 else self.pids_ceiling
+        record = SandboxRecord(
+            id=spec.id, cgroups_path=cgroups_path, lower=str(lower),
+            oci_binary=self.ocicli.binary, disk_gb=spec.disk_gb, memory_mb=spec.memory_mb,
+            pids_limit=pids, created_at=time.time(),
+        )  # fmt: skip
+        record.save(box.record)
+        mark("prepare")
+        await self.pool.take(spec.disk_gb, box.image)
+        mark("disk image")
+        box.disk.mkdir()
+        await disk.mount_image(box.image, box.disk)
+        mark("mount disk")
+        upper, work = overlay.prepare_upper(box.disk, oci.ID_SHIFT)
+        box.rootfs.mkdir()
+        await overlay.mount_overlay(lower, upper, work, box.rootfs)
+        mark("mount overlay")
+        overlay.write_identity(box.rootfs, spec.hostname, oci.ID_SHIFT)
+        box.run.mkdir(mode=0o755)
+        os.chown(box.run, oci.ID_SHIFT, oci.ID_SHIFT)
+        config = oci.build_config(
+            dataclasses.replace(spec, pids_limit=pids),
+            cgroups_path=cgroups_path,
+            run_dir=box.run,
+            agent_lib=self.agent_lib,
+            swap_limit=self.cgroups.swap_limit_supported(self.cgroup_parent),
+            seccomp=seccomp.profile(),
+        )
+        box.config.write_text(json.dumps(config, indent=1))
+        mark("config")
+        await self.ocicli.run_detached(spec.id, box.root, box.log, timeout=60)
+        mark("oci run")
+        client = AgentClient(box.socket)
+        await client.wait_ready(timeout=self.ready_timeout)
+        # The agent listens; from now on nothing inside may touch the socket's directory.
+        fsflags.seal(box.run)
+        self._channels[spec.id] = client
+        mark("agent ready")
+
+    async def destroy(self, sandbox_id: str) -> None:
+        async with self._lock(check_id(sandbox_id)):
+            target = self._target(sandbox_id)
+            self._channels.pop(sandbox_id, None)
+            self._cpu_samples.pop(sandbox_id, None)
+            self.timings.pop(sandbox_id, None)
+            errors = await teardown.destroy(target)
+            left = teardown.leftovers(target)
+        if left:
+            detail = "; ".join(left)
+            if errors:
+                detail += " (errors: " + "; ".join(errors) + ")"
+            raise RuntimeFailure(f"sandbox {sandbox_id} was not fully removed: {detail}")
+
+    async def leftovers(self, sandbox_id: str) -> list[str]:
+        return teardown.leftovers(self._target(sandbox_id))
+
+    async def running(self) -> set[str]:
+        ids = await self.ocicli.list_ids()
+        if self.sandboxes_dir.is_dir():
+            ids |= {p.name for p in self.sandboxes_dir.iterdir()}
+        for m in mounts.under(self.sandboxes_dir):
+            rel = m.point.relative_to(self.sandboxes_dir).parts
+            if rel:
+                ids.add(rel[0])
+        return {i for i in ids if is_valid_id(i)}
+
+    async def is_alive(self, sandbox_id: str) -> bool:
+        """The container's init (the agent) still runs; runc's state file is read
+        directly (no process spawned), other runtimes are asked."""
+        state = self.ocicli.saved_state(check_id(sandbox_id))
+        if state is None:
+            if not self.ocicli.state_dir(sandbox_id).exists():
+                return False
+            full = await self.ocicli.state(sandbox_id)
+            return full is not None and full.get("status") == "running"
+        pid, start = state.get("init_process_pid"), state.get("init_process_start")
+        if not isinstance(pid, int) or pid <= 0:
+            return False
+        try:
+            proc_stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        fields = proc_stat.rsplit(")", 1)[-1].split()
+        # fields[0] is the state, fields[19] the start time: a recycled pid has another.
+        return fields[0] not in ("Z", "X") and (start is None or int(fields[19]) == int(start))
+
+    async def adopt(self, sandbox_id: str) -> bool:
+        state = await self.ocicli.state(check_id(sandbox_id))
+        if state is None or state.get("status") != "running":
+            return False
+        box = self._box(sandbox_id)
+        try:
+            # An unsealed run dir means the server died before the sandbox was
+            # handed out: its socket path cannot be trusted, and nobody uses it yet.
+            if not fsflags.is_sealed(box.run) or not stat.S_ISSOCK(os.lstat(box.socket).st_mode):
+                return False
+        except OSError:
+            return False
+        client = AgentClient(box.socket)
+        try:
+            await asyncio.wait_for(client.ping(), 5)
+        except Exception as exc:
+            log.info("adopting %s: agent does not answer: %s", sandbox_id, exc)
+            return False
+        self._channels[sandbox_id] = client
+        return True
+
+    def channel(self, sandbox_id: str) -> SandboxChannel:
+        client = self._channels.get(sandbox_id)
+        if client is None:
+            box = self._box(sandbox_id)
+            if not box.root.is_dir():
+                raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
+            client = self._channels[sandbox_id] = AgentClient(box.socket)
+        return client
+
+    async def usage(self, sandbox_id: str) -> SandboxUsage:
+        box = self._box(sandbox_id)
+        record = SandboxRecord.load(box.record)
+        if record is None:
+            raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
+        cg = self.cgroups.cgroup(record.cgroups_path)
+        try:
+            now, cpu = time.monotonic(), cg.cpu_usage_seconds()
+            last = self._cpu_samples.get(sandbox_id)
+            if last is None:
+                # No earlier sample to compare with: take two, 100 ms apart.
+                last = (now, cpu)
+                await asyncio.sleep(0.1)
+                now, cpu = time.monotonic(), cg.cpu_usage_seconds()
+            self._cpu_samples[sandbox_id] = (now, cpu)
+            elapsed = max(now - last[0], 1e-6)
+            if not os.path.ismount(box.disk):
+                raise FileNotFoundError(box.disk)
+            st = os.statvfs(box.disk)
+            return SandboxUsage(
+                # Percent of one CPU, like top: 200 means two cores busy.
+                cpu_percent=round(max(0.0, cpu - last[1]) / elapsed * 100, 1),
+                cpu_usage_seconds=cpu,
+                memory_bytes=cg.memory_current(),
+                memory_limit_bytes=cg.memory_limit(),
+                disk_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
+                disk_limit_bytes=st.f_blocks * st.f_frsize,
+                pids=cg.pids_current(),
+                pids_limit=cg.pids_max(),
+            )
+        except FileNotFoundError as exc:
+            raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc
+
+    def cgroup(self, sandbox_id: str) -> Cgroup | None:
+        record = SandboxRecord.load(self._box(sandbox_id).record)
+        return None if record is None else self.cgroups.cgroup(record.cgroups_path)
+
+
+def _check_traversable(path: Path) -> None:
+    """Every parent of the data dir must let others (root inside a sandbox) pass."""
+    for parent in [path, *path.parents]:
+        if not os.stat(parent).st_mode & 0o001:
+            raise RuntimeFailure(
+                f"{parent} is not searchable by other users (mode o+x); sandboxes run as "
+                f"host uid {oci.ID_SHIFT} and must reach {path}: chmod o+x {parent}"
+            )
