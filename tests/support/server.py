@@ -118,6 +118,7 @@ class ServerProcess:
         if self.data_dir.exists():
             asyncio.run(destroy_all())
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.log_path.unlink(missing_ok=True)
 
     def client(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(
