@@ -21,8 +21,9 @@ from sandbank.runtime.base import SandboxSpec
 from sandbank.runtime.fake import FakeRuntime
 from sandbank.server.service.keys import KeyService
 from sandbank.server.service.lifecycle import TRANSITIONS, SandboxState, require
+from sandbank.server.service.params import CreateParams, ExecParams
 from sandbank.server.service.policy import Limits, Quota
-from sandbank.server.service.sandboxes import CreateParams, ExecParams, SandboxService
+from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
 from sandbank.server.store.sql import SqlStore
 

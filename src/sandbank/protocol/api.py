@@ -130,6 +130,8 @@ class ExecOut(BaseModel):
     stderr: str
     duration_ms: float
     timed_out: bool
+    #: True when stdout or stderr went past the server's output cap and was cut.
+    truncated: bool = False
 
 
 class FileEntryOut(BaseModel):

@@ -141,15 +141,21 @@ class AgentClient:
         }
         limit = None if spec.timeout is None else spec.timeout + EXEC_MARGIN
         stdout, stderr = bytearray(), bytearray()
+        truncated = False
         try:
             async with asyncio.timeout(limit), self._open(request) as (reader, _):
                 header = self._checked(await read_json(reader))
                 while True:
                     kind, payload = await read_frame(reader)
-                    if kind == STDOUT:
-                        stdout += payload
-                    elif kind == STDERR:
-                        stderr += payload
+                    if kind in (STDOUT, STDERR):
+                        # Keep the head of each stream up to the cap and keep
+                        # draining, so a chatty command cannot exhaust our memory.
+                        buf = stdout if kind == STDOUT else stderr
+                        room = spec.max_output - len(buf)
+                        if len(payload) > room:
+                            truncated = True
+                        if room > 0:
+                            buf += payload[:room]
                     elif kind == JSON:
                         done = json.loads(payload)
                         break
@@ -167,6 +173,7 @@ class AgentClient:
             duration_ms=float(done["duration_ms"]),
             timed_out=bool(done["timed_out"]),
             pid=header.get("pid"),
+            truncated=truncated,
         )
 
     async def read_file(self, path: str) -> AsyncIterator[bytes]:

@@ -38,6 +38,8 @@ class ExecSpec:
     #: Seconds; ``None`` means no limit.
     timeout: float | None = 60.0
     stdin: bytes | None = None
+    #: Bytes kept of each of stdout and stderr; the rest is dropped (``truncated``).
+    max_output: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class ExecResult:
     duration_ms: float
     timed_out: bool
     pid: int | None = None
+    truncated: bool = False
 
 
 @dataclass(frozen=True)

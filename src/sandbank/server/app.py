@@ -59,6 +59,7 @@ def limits_of(settings: Settings) -> Limits:
         max_timeout=settings.max_timeout,
         exec_timeout_max=settings.exec_timeout_max,
         pids_limit=settings.pids_limit,
+        exec_max_output=settings.exec_max_output,
     )
 
 

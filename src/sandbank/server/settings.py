@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     default_timeout: int = 300
     max_timeout: int = 7 * 24 * 3600
     exec_timeout_max: int = 24 * 3600
+    #: Bytes of stdout and of stderr a synchronous exec returns; the rest is cut.
+    exec_max_output: int = 64 * 1024 * 1024
     sweep_interval: float = 1.0
 
     # Default per-tenant quotas (overridable per tenant through the admin API).

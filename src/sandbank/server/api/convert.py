@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from sandbank.protocol.api import FileEntryOut, SandboxOut
 from sandbank.runtime.base import FileEntry
-from sandbank.server.service.sandboxes import short_id
+from sandbank.server.service.params import short_id
 from sandbank.server.store.base import SandboxRecord
 
 

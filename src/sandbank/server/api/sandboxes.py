@@ -19,7 +19,7 @@ from sandbank.protocol.api import (
 )
 from sandbank.server.api.convert import sandbox_out
 from sandbank.server.api.deps import Caller, SandboxId, Svc
-from sandbank.server.service.sandboxes import CreateParams, ExecParams
+from sandbank.server.service.params import CreateParams, ExecParams
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
@@ -115,6 +115,7 @@ async def exec_command(
         stderr=result.stderr.decode("utf-8", "replace"),
         duration_ms=round(result.duration_ms, 3),
         timed_out=result.timed_out,
+        truncated=result.truncated,
     )
 
 

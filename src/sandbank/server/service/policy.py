@@ -27,6 +27,7 @@ class Limits:
     max_timeout: int
     exec_timeout_max: int
     pids_limit: int
+    exec_max_output: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import string
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sandbank.errors import (
@@ -36,6 +33,7 @@ from sandbank.server.service.lifecycle import (
     require,
     sources_of,
 )
+from sandbank.server.service.params import CreateParams, ExecParams, is_hostname, new_sandbox_id
 from sandbank.server.service.policy import (
     Limits,
     Quota,
@@ -50,40 +48,6 @@ from sandbank.server.store.base import Page, SandboxRecord, Store
 log = logging.getLogger(__name__)
 
 S = SandboxState
-_ID_ALPHABET = string.ascii_lowercase + string.digits
-ID_LENGTH = 16
-
-
-def new_sandbox_id() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
-
-
-def short_id(sandbox_id: str) -> str:
-    return f"sbx-{sandbox_id[:6]}"
-
-
-@dataclass(frozen=True)
-class CreateParams:
-    template: str = "base"
-    name: str | None = None
-    vcpu: float | None = None
-    memory_mb: int | None = None
-    disk_gb: int | None = None
-    region: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    metadata: dict[str, str] = field(default_factory=dict)
-    timeout: int | None = None
-
-
-@dataclass(frozen=True)
-class ExecParams:
-    cmd: list[str] | None = None
-    command: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    user: str = "user"
-    timeout: float = 60
-    stdin: bytes | None = None
 
 
 class SandboxService:
@@ -193,7 +157,7 @@ class SandboxService:
             vcpu=vcpu,
             memory_mb=memory_mb,
             disk_gb=disk_gb,
-            hostname=record.name if _is_hostname(record.name) else f"sandbox-{sandbox_id[:6]}",
+            hostname=record.name if is_hostname(record.name) else f"sandbox-{sandbox_id[:6]}",
             pids_limit=lim.pids_limit,
             env=dict(params.env),
         )
@@ -322,6 +286,7 @@ class SandboxService:
             user=params.user,
             timeout=params.timeout or None,
             stdin=params.stdin,
+            max_output=self._limits.exec_max_output,
         )
         result = await self._runtime.channel(sandbox_id).exec(spec)
         self._telemetry.executed(result.duration_ms / 1000)
@@ -417,8 +382,3 @@ _RECOVERY_REASON: dict[str, str] = {
     S.CREATING: "interrupted",
     S.KILLING: "deleted",
 }
-
-
-def _is_hostname(name: str) -> bool:
-    allowed = set(string.ascii_lowercase + string.digits + "-")
-    return 0 < len(name) <= 63 and set(name) <= allowed and not name.startswith("-")
