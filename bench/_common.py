@@ -22,6 +22,9 @@ BENCH_ROOT = Path(os.environ.get("SANDBANK_BENCH_ROOT", "/var/lib/sandbank-bench
 TEMPLATES = Path(os.environ.get("SANDBANK_TEST_TEMPLATES", "/var/lib/sandbank-test/templates"))
 PODMAN_IMAGE = "localhost/sandbank-bench-base:latest"
 UID_SHIFT = 100000
+# Podman's default rlimits, and even --ulimit host, fail here: raising nofile or
+# nproc needs CAP_SYS_RESOURCE, which this host's root lacks. Lower limits work.
+PODMAN_LIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
 
 
 def pct(samples: list[float], q: float) -> float:

@@ -8,6 +8,7 @@ import time
 
 from _common import (
     PODMAN_IMAGE,
+    PODMAN_LIMITS,
     ensure_podman_image,
     podman_available,
     running_server,
@@ -53,8 +54,7 @@ def main() -> None:
             "-d",
             "--name",
             name,
-            "--ulimit",
-            "host",
+            *PODMAN_LIMITS,
             "--network",
             "none",
             PODMAN_IMAGE,

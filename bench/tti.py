@@ -8,6 +8,7 @@ import time
 
 from _common import (
     PODMAN_IMAGE,
+    PODMAN_LIMITS,
     ensure_podman_image,
     podman_available,
     running_server,
@@ -45,8 +46,7 @@ def main() -> None:
                 "podman",
                 "run",
                 "--rm",
-                "--ulimit",
-                "host",
+                *PODMAN_LIMITS,
                 "--network",
                 "none",
                 PODMAN_IMAGE,
@@ -59,9 +59,9 @@ def main() -> None:
     theirs = sorted(base)[len(base) // 2]
     print(f"ratio (podman p50 / sandbank p50): {theirs / ours:.1f}x")
     print(
-        "note: podman runs with --ulimit host and no --memory, because its default rlimits "
-        "and memory limits fail on this host (no CAP_SYS_RESOURCE); sandbank applies its "
-        "cpu/memory/pids/disk limits and a user namespace."
+        "note: podman runs with nofile/nproc lowered to 1024 and no --memory: its default "
+        "rlimits (and --ulimit host) fail on this host, which lacks CAP_SYS_RESOURCE; "
+        "sandbank applies its cpu/memory/pids/disk limits and a user namespace."
     )
 
 

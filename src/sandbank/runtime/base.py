@@ -144,6 +144,14 @@ class Runtime(Protocol):
         """Start a sandbox and return once its channel answers."""
         ...
 
+    async def customize(self, spec: SandboxSpec) -> None:
+        """Give the running sandbox ``spec.id`` the rest of ``spec``: CPU, memory
+        and pids limits, hostname. The sandbox was started from a spec with the
+        same template and disk size (a pre-started one being handed out);
+        live resizing uses this too. Raises InvalidState when the new memory
+        limit is below what the sandbox uses now."""
+        ...
+
     async def destroy(self, sandbox_id: str) -> None:
         """Ordered, idempotent teardown; raises RuntimeFailure if anything remains."""
         ...

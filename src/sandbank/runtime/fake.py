@@ -172,6 +172,12 @@ class FakeRuntime:
             raise RuntimeFailure(message)
         self.boxes[spec.id] = FakeSandbox(spec)
 
+    async def customize(self, spec: SandboxSpec) -> None:
+        box = self.boxes.get(spec.id)
+        if box is None or not box.alive:
+            raise SandboxUnavailable(f"sandbox {spec.id} is not running")
+        box.spec = spec
+
     async def destroy(self, sandbox_id: str) -> None:
         if self.boxes.pop(sandbox_id, None) is not None:
             self.destroyed.append(sandbox_id)
