@@ -3,6 +3,7 @@ runs after every test module."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -10,11 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cgroup_scope import CgroupScope
 from tests.support.leaks import leftovers
 from tests.support.server import ServerProcess, free_port
 
 TEST_ROOT = Path(os.environ.get("SANDBANK_TEST_ROOT", "/var/lib/sandbank-test"))
 TEMPLATES = Path(os.environ.get("SANDBANK_TEST_TEMPLATES", str(TEST_ROOT / "templates")))
+#: This run's servers live here, so concurrent runs never see each other's sandboxes.
+RUN_ROOT = TEST_ROOT / f"run-{os.getpid()}"
+SCOPE: CgroupScope | None = None
 
 
 def is_root() -> bool:
@@ -22,7 +27,7 @@ def is_root() -> bool:
 
 
 def new_server(name: str, **extra_env: str) -> ServerProcess:
-    data_dir = TEST_ROOT / f"{name}-{secrets.token_hex(3)}"
+    data_dir = RUN_ROOT / f"{name}-{secrets.token_hex(3)}"
     return ServerProcess(
         data_dir=data_dir,
         templates_dir=TEMPLATES,
@@ -30,6 +35,29 @@ def new_server(name: str, **extra_env: str) -> ServerProcess:
         port=free_port(),
         extra_env=extra_env,
     )
+
+
+def run_cgroups() -> list[str]:
+    """Sandbox cgroups that exist now under this run's own cgroup."""
+    return SCOPE.sandbox_cgroups() if SCOPE is not None else []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global SCOPE
+    if is_root():
+        TEST_ROOT.mkdir(parents=True, exist_ok=True)
+        # Root inside a sandbox is an unprivileged host uid that must traverse here.
+        os.chmod(TEST_ROOT, 0o711)
+        RUN_ROOT.mkdir(mode=0o711, exist_ok=True)
+        SCOPE = CgroupScope(f"sandbank-test-{os.getpid()}")
+        SCOPE.enter()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if SCOPE is not None:
+        SCOPE.leave()
+    with contextlib.suppress(OSError):
+        RUN_ROOT.rmdir()
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +82,8 @@ def client_env(server: ServerProcess) -> dict[str, str]:
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """After each module, nothing of a deleted sandbox may remain on the host."""
     yield
-    if not is_root() or not TEST_ROOT.exists():
+    if not is_root() or not RUN_ROOT.exists():
         return
     # The session server may still be up; every sandbox a module made must be gone.
-    found = leftovers(TEST_ROOT)
+    found = leftovers(RUN_ROOT, run_cgroups())
     assert not found, f"{request.module.__name__} left behind: {found}"

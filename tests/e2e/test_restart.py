@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import is_root, new_server
+from tests.conftest import is_root, new_server, run_cgroups
 from tests.support.leaks import leftovers
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="needs root")
@@ -46,9 +46,11 @@ def test_kill_9_and_restart_reconciles() -> None:
             gone = api.get(f"/v1/sandboxes/{short}")
             assert gone.status_code == 404 and "timeout" in gone.json()["message"]
             assert api.get(f"/v1/sandboxes/{orphan}").status_code == 404
-            assert not [x for x in leftovers(srv.data_dir) if orphan in x or short in x]
+            assert not [
+                x for x in leftovers(srv.data_dir, run_cgroups()) if orphan in x or short in x
+            ]
             assert api.delete(f"/v1/sandboxes/{keeper}").status_code == 204
-        assert leftovers(srv.data_dir) == []
+        assert leftovers(srv.data_dir, run_cgroups()) == []
     finally:
         srv.stop()
         srv.purge()

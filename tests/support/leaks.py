@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
 
 def _mounts_under(root: Path) -> list[str]:
     found = []
@@ -51,28 +49,13 @@ def _sandbox_dirs(root: Path) -> list[str]:
     return [f"sandbox dir {d}" for d in dirs if d.is_dir()]
 
 
-def _cgroups() -> list[str]:
-    found = []
-    for controller in ("memory", "pids", "cpu", "unified"):
-        base = CGROUP_ROOT / controller
-        if not base.is_dir():
-            continue
-        for dirpath, dirnames, _ in os.walk(base):
-            if os.path.basename(dirpath) == "sandbank":
-                found.extend(f"cgroup {dirpath}/{d}" for d in dirnames)
-                dirnames.clear()
-            elif dirpath.count("/") - str(base).count("/") > 4:
-                dirnames.clear()
-    return found
-
-
-def leftovers(root: Path) -> list[str]:
-    """Every mount, agent process, loop device, sandbox dir and sandbank
-    cgroup that exists now under ``root``."""
+def leftovers(root: Path, cgroups: list[str] | None = None) -> list[str]:
+    """Every mount, agent process, loop device and sandbox dir that exists now
+    under ``root``, plus the sandbox cgroups given (see cgroup_scope)."""
     return (
         _mounts_under(root)
         + _agents_under(root)
         + _loops_under(root)
         + _sandbox_dirs(root)
-        + _cgroups()
+        + list(cgroups or [])
     )
