@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -42,21 +44,39 @@ def summary(name: str, samples_s: list[float]) -> str:
 
 
 @contextmanager
-def running_server(name: str) -> Iterator[ServerProcess]:
+def running_server(name: str, **env: str) -> Iterator[ServerProcess]:
+    """A server on a scratch data dir; ``env`` adds SANDBANK_* settings (the
+    warm pool is off unless SANDBANK_POOL_SIZE is given)."""
     data_dir = BENCH_ROOT / f"{name}-{os.getpid()}"
     srv = ServerProcess(
         data_dir=data_dir,
         templates_dir=TEMPLATES,
         api_key="sbk_bench_" + os.urandom(8).hex(),
         port=free_port(),
-        extra_env={"SANDBANK_QUOTA_MAX_SANDBOXES": "1000"},
+        extra_env={"SANDBANK_QUOTA_MAX_SANDBOXES": "1000", **env},
     )
     srv.start()
     try:
         yield srv
     finally:
         srv.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        # Pooled sandboxes outlive the server by design: tear them down too.
+        srv.purge()
+
+
+# One client for every scrape: a new one costs ~20 ms of CPU (its SSL context).
+_scraper = httpx.Client(timeout=10)
+
+
+def metric(srv: ServerProcess, name: str, **labels: str) -> float:
+    """One sample from the server's /metrics (0 when absent)."""
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    for line in _scraper.get(f"{srv.url}/metrics").text.splitlines():
+        head, _, value = line.rpartition(" ")
+        metric_name, _, rest = head.partition("{")
+        if metric_name == name and set(filter(None, rest.rstrip("}").split(","))) == wanted:
+            return float(value)
+    return 0.0
 
 
 def template_rootfs() -> Path:

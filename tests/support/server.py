@@ -44,6 +44,9 @@ class ServerProcess:
                 "SANDBANK_API_KEY": self.api_key,
                 "SANDBANK_TEMPLATES_DIR": str(self.templates_dir),
                 "SANDBANK_SWEEP_INTERVAL": "0.5",
+                # No warm pool unless a test asks for one: pooled sandboxes would
+                # outlive each module and trip the leak check.
+                "SANDBANK_POOL_SIZE": "0",
                 **self.extra_env,
             }
         )

@@ -25,6 +25,7 @@ from sandbank.server.service.params import CreateParams, ExecParams
 from sandbank.server.service.policy import Limits, Quota
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
+from sandbank.server.store.base import QuotaRecord
 from sandbank.server.store.sql import SqlStore
 
 LIMITS = Limits(
@@ -111,6 +112,19 @@ async def test_limits_and_quota(parts: Parts) -> None:
     with pytest.raises(QuotaExceeded) as info:
         await service.create("t2", CreateParams(vcpu=4, memory_mb=4096))
     assert info.value.details["limit"] in ("max_vcpu", "max_memory_mb")
+
+
+async def test_quota_override_of_one_tenant(parts: Parts) -> None:
+    service, _, _, store = parts
+    await store.set_quota(QuotaRecord(tenant="t1", max_sandboxes=1))
+    await service.create("t1", CreateParams())
+    with pytest.raises(QuotaExceeded) as info:
+        await service.create("t1", CreateParams())
+    assert (info.value.details["limit"], info.value.details["maximum"]) == ("max_sandboxes", 1)
+    await store.set_quota(QuotaRecord(tenant="t2", max_memory_mb=1024))
+    await service.create("t2", CreateParams(vcpu=2, memory_mb=1024))
+    with pytest.raises(QuotaExceeded, match="memory"):
+        await service.create("t2", CreateParams())
 
 
 async def test_failed_create_leaves_an_error_record_and_nothing_running(

@@ -6,8 +6,10 @@ and rebuild errors the same way.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,3 +85,10 @@ def error_from_response(status: int, body: bytes, reason: str) -> errors.Sandban
         text = body.decode("utf-8", errors="replace").strip()
         message = text[:_MAX_QUOTED_BODY] or reason or f"HTTP {status}"
     return errors.from_status(status, _fallback_code(status), message)
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process: building one (loading the CA bundle) costs
+    about 20 ms, which every ``Sandbox.create`` would otherwise pay again."""
+    return ssl.create_default_context()

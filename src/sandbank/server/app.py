@@ -17,6 +17,7 @@ from sandbank.server.api.deps import Services
 from sandbank.server.service.deadlines import DeadlineSweeper
 from sandbank.server.service.keys import DEFAULT_TENANT, KeyService
 from sandbank.server.service.policy import Limits, Quota
+from sandbank.server.service.pool import PoolConfig
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
 from sandbank.server.settings import Settings
@@ -94,6 +95,11 @@ def create_app(
         ),
         utcnow,
         telemetry,
+        pool=PoolConfig(
+            size=settings.pool_size,
+            templates=tuple(settings.pool_templates),
+            refill_delay=settings.pool_refill_delay,
+        ),
     )
     sweeper = DeadlineSweeper(service, settings.sweep_interval)
 
@@ -107,9 +113,12 @@ def create_app(
         if any(report.values()):
             log.info("reconciled with the host: %s", report)
         sweeper.start()
+        service.pool.start()
         try:
             yield
         finally:
+            # Pooled sandboxes keep running: the next start adopts them.
+            await service.pool.stop()
             await sweeper.stop()
             await runtime.close()
             await store.close()

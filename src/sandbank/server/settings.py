@@ -46,6 +46,16 @@ class Settings(BaseSettings):
     regions: list[str] = Field(default_factory=lambda: ["eu-north", "us-east"])
     default_region: str = "eu-north"
 
+    # Warm pool: sandboxes started ahead, so a create hands one out at once.
+    #: Ready sandboxes kept per pooled template, with the default limits and disk
+    #: size (creates asking another disk size start cold); 0 turns the pool off.
+    pool_size: int = Field(default=2, ge=0, le=256)
+    pool_templates: list[str] = Field(default_factory=lambda: ["base"])
+    #: Seconds after a hand-out before the refill starts a sandbox, while at
+    #: least half the pool is left: a start would slow the first commands in
+    #: the sandbox just handed out.
+    pool_refill_delay: float = Field(default=0.2, ge=0, le=60)
+
     # Lifetimes, in seconds.
     default_timeout: int = 300
     max_timeout: int = 7 * 24 * 3600

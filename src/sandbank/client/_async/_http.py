@@ -21,6 +21,7 @@ from .._config import (
     ConnectionConfig,
     error_from_response,
     resolve_config,
+    tls_context,
 )
 from ..exceptions import ServerUnreachable
 
@@ -47,6 +48,7 @@ class AsyncApiConnection:
             headers=config.headers(),
             timeout=_timeout(REQUEST_TIMEOUT),
             transport=transport,
+            verify=tls_context(),
         )
 
     @classmethod

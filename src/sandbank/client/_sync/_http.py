@@ -23,6 +23,7 @@ from .._config import (
     ConnectionConfig,
     error_from_response,
     resolve_config,
+    tls_context,
 )
 from ..exceptions import ServerUnreachable
 
@@ -49,6 +50,7 @@ class ApiConnection:
             headers=config.headers(),
             timeout=_timeout(REQUEST_TIMEOUT),
             transport=transport,
+            verify=tls_context(),
         )
 
     @classmethod

@@ -1,7 +1,8 @@
 """The periodic sweep that enforces stored deadlines.
 
 Deadlines live in the store, so a restart loses none; the sweep is the only
-enforcement path, which keeps it simple and testable.
+enforcement path, which keeps it simple and testable. Each round also asks the
+warm pool for a refill pass, which replaces members that died meanwhile.
 """
 
 from __future__ import annotations
@@ -41,4 +42,5 @@ class DeadlineSweeper:
             except Exception:
                 # One bad sweep must not end enforcement for good.
                 log.exception("deadline sweep failed")
+            self._service.pool.wake()
             await asyncio.sleep(self._interval)

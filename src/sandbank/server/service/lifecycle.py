@@ -13,24 +13,32 @@ class SandboxState(StrEnum):
     KILLING = "killing"
     KILLED = "killed"
     ERROR = "error"
+    #: Started ahead of demand, owned by no tenant, waiting in the warm pool.
+    POOLED = "pooled"
 
 
 S = SandboxState
 
 #: state -> states it may move to.
 TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
-    S.CREATING: frozenset({S.RUNNING, S.ERROR, S.KILLING}),
+    S.CREATING: frozenset({S.RUNNING, S.POOLED, S.ERROR, S.KILLING}),
     S.RUNNING: frozenset({S.KILLING, S.ERROR}),
     S.KILLING: frozenset({S.KILLED, S.ERROR}),
     S.ERROR: frozenset({S.KILLING}),
     S.KILLED: frozenset(),
+    # A pool member is handed out straight to running, or retired.
+    S.POOLED: frozenset({S.RUNNING, S.KILLING}),
 }
 
-#: States that hold host resources and count against a tenant's quota.
+#: States that count against a tenant's quota. Pooled sandboxes hold host
+#: resources too, but belong to no tenant until they are handed out.
 ACTIVE: frozenset[SandboxState] = frozenset({S.CREATING, S.RUNNING, S.KILLING})
 
+#: States a tenant may see or filter on; the pool is internal.
+PUBLIC: frozenset[SandboxState] = frozenset(set(SandboxState) - {S.POOLED})
+
 #: States listed by default (killed sandboxes are kept as records only).
-VISIBLE: frozenset[SandboxState] = frozenset(set(SandboxState) - {S.KILLED})
+VISIBLE: frozenset[SandboxState] = PUBLIC - {S.KILLED}
 
 
 def sources_of(target: SandboxState) -> frozenset[SandboxState]:

@@ -32,6 +32,28 @@ class CreateParams:
 
 
 @dataclass(frozen=True)
+class Resolved:
+    """A create's parameters with the operator's defaults filled in and checked."""
+
+    template: str
+    name: str | None
+    vcpu: float
+    memory_mb: int
+    disk_gb: int
+    region: str
+    timeout: int
+    env: dict[str, str]
+    metadata: dict[str, str]
+
+    def hostname(self, sandbox_id: str) -> str:
+        name = self.display_name(sandbox_id)
+        return name if is_hostname(name) else f"sandbox-{sandbox_id[:6]}"
+
+    def display_name(self, sandbox_id: str) -> str:
+        return self.name or f"sandbox-{sandbox_id[:6]}"
+
+
+@dataclass(frozen=True)
 class ExecParams:
     cmd: list[str] | None = None
     command: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sandbank.errors import QuotaExceeded, ValidationFailed
+from sandbank.server.service.params import CreateParams, Resolved
 from sandbank.server.store.base import QuotaRecord, TenantUsage
 
 
@@ -77,6 +78,25 @@ def check_region(limits: Limits, region: str) -> None:
         raise ValidationFailed(
             f"unknown region {region!r}; available: {', '.join(limits.regions)}", field="region"
         )
+
+
+def resolve(limits: Limits, params: CreateParams) -> Resolved:
+    """Fill in the defaults and reject what the limits do not allow (422)."""
+    resolved = Resolved(
+        template=params.template,
+        name=params.name,
+        vcpu=limits.vcpu_default if params.vcpu is None else params.vcpu,
+        memory_mb=limits.memory_mb_default if params.memory_mb is None else params.memory_mb,
+        disk_gb=limits.disk_gb_default if params.disk_gb is None else params.disk_gb,
+        region=params.region or limits.default_region,
+        timeout=limits.default_timeout if params.timeout is None else params.timeout,
+        env=dict(params.env),
+        metadata=dict(params.metadata),
+    )
+    check_resources(limits, resolved.vcpu, resolved.memory_mb, resolved.disk_gb)
+    check_region(limits, resolved.region)
+    check_timeout(limits, resolved.timeout)
+    return resolved
 
 
 def check_quota(tenant: str, quota: Quota, usage: TenantUsage, vcpu: float, memory_mb: int) -> None:

@@ -3,6 +3,7 @@
 Every state change goes through the store with a compare-and-set on the
 status, and every runtime call that changes a sandbox runs under that
 sandbox's lock, so a kill racing a create waits for it instead of leaking.
+A create is served from the warm pool (``pool.py``) when it can be.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sandbank.errors import (
     SandbankError,
@@ -28,20 +30,16 @@ from sandbank.runtime.base import (
 )
 from sandbank.server.service.lifecycle import (
     ACTIVE,
+    PUBLIC,
     VISIBLE,
     SandboxState,
     require,
     sources_of,
 )
-from sandbank.server.service.params import CreateParams, ExecParams, is_hostname, new_sandbox_id
-from sandbank.server.service.policy import (
-    Limits,
-    Quota,
-    check_quota,
-    check_region,
-    check_resources,
-    check_timeout,
-)
+from sandbank.server.service.params import CreateParams, ExecParams, Resolved, new_sandbox_id
+from sandbank.server.service.policy import Limits, Quota, check_quota, check_timeout, resolve
+from sandbank.server.service.pool import POOL_REASON, POOL_TENANT, PoolConfig, WarmPool
+from sandbank.server.service.recovery import Recovery
 from sandbank.server.service.telemetry import Telemetry
 from sandbank.server.store.base import Page, SandboxRecord, Store
 
@@ -60,6 +58,7 @@ class SandboxService:
         clock: Callable[[], datetime],
         telemetry: Telemetry,
         create_concurrency: int = 8,
+        pool: PoolConfig | None = None,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -71,6 +70,18 @@ class SandboxService:
         self._tenant_locks: dict[str, asyncio.Lock] = {}
         # runc, mkfs and mounts contend for the same few cores; queueing beats thrashing.
         self._create_slots = asyncio.Semaphore(create_concurrency)
+        self.pool = WarmPool(
+            store,
+            runtime,
+            limits,
+            pool or PoolConfig(),
+            clock,
+            telemetry,
+            lock=self._lock,
+            kill=self._kill,
+            create_slots=self._create_slots,
+        )
+        self._recovery = Recovery(store, runtime, clock, telemetry, kill=self._kill)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -81,9 +92,10 @@ class SandboxService:
         return self._tenant_locks.setdefault(tenant, asyncio.Lock())
 
     async def _owned(self, tenant: str, sandbox_id: str) -> SandboxRecord:
-        """The tenant's sandbox, any state; another tenant's is 'not found'."""
+        """The tenant's sandbox, any state; another tenant's (or the pool's) is
+        'not found'."""
         record = await self._store.get_sandbox(sandbox_id)
-        if record is None or record.tenant != tenant:
+        if record is None or record.tenant != tenant or record.status == S.POOLED:
             raise SandboxNotFound(f"sandbox {sandbox_id} does not exist", sandbox_id=sandbox_id)
         return record
 
@@ -116,56 +128,120 @@ class SandboxService:
     # -- create ----------------------------------------------------------------------
 
     async def create(self, tenant: str, params: CreateParams) -> SandboxRecord:
-        lim = self._limits
-        vcpu = lim.vcpu_default if params.vcpu is None else params.vcpu
-        memory_mb = lim.memory_mb_default if params.memory_mb is None else params.memory_mb
-        disk_gb = lim.disk_gb_default if params.disk_gb is None else params.disk_gb
-        region = params.region or lim.default_region
-        timeout = lim.default_timeout if params.timeout is None else params.timeout
-        check_resources(lim, vcpu, memory_mb, disk_gb)
-        check_region(lim, region)
-        check_timeout(lim, timeout)
-        await self._runtime.ensure_template(params.template)
+        want = resolve(self._limits, params)
+        await self._runtime.ensure_template(want.template)
+        if not self.pool.serves(want.template, want.disk_gb):
+            self._telemetry.missed(want.template, "not_pooled")
+        else:
+            handed = await self._hand_out(tenant, want)
+            if handed is not None:
+                return handed
+        return await self._create_cold(tenant, want)
 
+    async def _check_quota(self, tenant: str, want: Resolved) -> None:
+        override, usage = await self._store.quota_and_usage(tenant, ACTIVE)
+        check_quota(tenant, self._quota.merged(override), usage, want.vcpu, want.memory_mb)
+
+    def _spec(self, sandbox_id: str, want: Resolved) -> SandboxSpec:
+        return SandboxSpec(
+            id=sandbox_id,
+            template=want.template,
+            vcpu=want.vcpu,
+            memory_mb=want.memory_mb,
+            disk_gb=want.disk_gb,
+            hostname=want.hostname(sandbox_id),
+            pids_limit=self._limits.pids_limit,
+            env=dict(want.env),
+        )
+
+    async def _hand_out(self, tenant: str, want: Resolved) -> SandboxRecord | None:
+        """A pooled sandbox, now the tenant's, with the requested limits; None when
+        the pool is empty or its member failed (the caller then starts one cold)."""
+        started = now = self._clock()
+
+        def owned_by_tenant(member_id: str) -> dict[str, Any]:
+            return {
+                "tenant": tenant,
+                "name": want.display_name(member_id),
+                "vcpu": want.vcpu,
+                "memory_mb": want.memory_mb,
+                "region": want.region,
+                "env": dict(want.env),
+                "metadata": dict(want.metadata),
+                "created_at": now,
+                "updated_at": now,
+                "expires_at": now + timedelta(seconds=want.timeout),
+            }
+
+        # Quota and claim under the tenant's lock: the claim is what counts.
+        async with self._tenant_lock(tenant):
+            await self._check_quota(tenant, want)
+            member = await self.pool.claim(
+                await self.pool.ready(want.template, want.disk_gb), owned_by_tenant
+            )
+        if member is None:
+            self._telemetry.missed(want.template, "empty")
+            return None
+        failure: BaseException | None = None
+        # Taken with no await since the claim: a kill of the new sandbox waits
+        # until it has its limits.
+        async with self._lock(member.id):
+            try:
+                await self._runtime.customize(self._spec(member.id, want))
+            except BaseException as exc:
+                failure = exc
+                # Back to the pool's books, so the tenant neither pays nor sees it.
+                await self._store.update_sandbox(
+                    member.id,
+                    {
+                        "tenant": POOL_TENANT,
+                        "status": S.ERROR,
+                        "error": f"hand-out failed: {str(exc) or type(exc).__name__}",
+                        "updated_at": self._clock(),
+                    },
+                    only_from=[S.RUNNING],
+                )
+        if failure is None:
+            self._telemetry.handed_out((self._clock() - started).total_seconds(), want.template)
+            return member
+        log.warning("pooled sandbox %s could not be handed out: %s", member.id, failure)
+        self._telemetry.missed(want.template, "failed")
+        try:
+            await self._kill(member.id, POOL_REASON)
+        except SandbankError as exc:
+            log.error("could not remove failed pool member %s: %s", member.id, exc)
+        if not isinstance(failure, Exception):
+            raise failure
+        return None
+
+    async def _create_cold(self, tenant: str, want: Resolved) -> SandboxRecord:
         now = self._clock()
         sandbox_id = new_sandbox_id()
         record = SandboxRecord(
             id=sandbox_id,
             tenant=tenant,
-            name=params.name or f"sandbox-{sandbox_id[:6]}",
+            name=want.display_name(sandbox_id),
             status=S.CREATING,
-            template=params.template,
-            vcpu=vcpu,
-            memory_mb=memory_mb,
-            disk_gb=disk_gb,
-            region=region,
+            template=want.template,
+            vcpu=want.vcpu,
+            memory_mb=want.memory_mb,
+            disk_gb=want.disk_gb,
+            region=want.region,
             created_at=now,
             updated_at=now,
-            expires_at=now + timedelta(seconds=timeout),
-            env=dict(params.env),
-            metadata=dict(params.metadata),
+            expires_at=now + timedelta(seconds=want.timeout),
+            env=dict(want.env),
+            metadata=dict(want.metadata),
         )
         async with self._tenant_lock(tenant):
-            quota = self._quota.merged(await self._store.get_quota(tenant))
-            usage = await self._store.usage(tenant, ACTIVE)
-            check_quota(tenant, quota, usage, vcpu, memory_mb)
+            await self._check_quota(tenant, want)
             await self._store.insert_sandbox(record)
 
-        spec = SandboxSpec(
-            id=sandbox_id,
-            template=params.template,
-            vcpu=vcpu,
-            memory_mb=memory_mb,
-            disk_gb=disk_gb,
-            hostname=record.name if is_hostname(record.name) else f"sandbox-{sandbox_id[:6]}",
-            pids_limit=lim.pids_limit,
-            env=dict(params.env),
-        )
         async with self._lock(sandbox_id):
             started = self._clock()
             try:
                 async with self._create_slots:
-                    await self._runtime.create(spec)
+                    await self._runtime.create(self._spec(sandbox_id, want))
             except BaseException as exc:
                 await self._fail(sandbox_id, exc)
                 raise
@@ -175,7 +251,7 @@ class SandboxService:
                 only_from=[S.CREATING],
             )
         assert running is not None
-        self._telemetry.created((self._clock() - started).total_seconds(), params.template)
+        self._telemetry.created((self._clock() - started).total_seconds(), want.template)
         return running
 
     async def _fail(self, sandbox_id: str, exc: BaseException) -> None:
@@ -205,11 +281,9 @@ class SandboxService:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page:
-        if status is not None and status not in set(SandboxState):
-            raise ValidationFailed(
-                f"unknown status {status!r}; one of {', '.join(s.value for s in SandboxState)}",
-                field="status",
-            )
+        if status is not None and status not in PUBLIC:
+            known = ", ".join(s.value for s in SandboxState if s in PUBLIC)
+            raise ValidationFailed(f"unknown status {status!r}; one of {known}", field="status")
         if not 1 <= limit <= 1000:
             raise ValidationFailed(f"limit must be between 1 and 1000, got {limit}", field="limit")
         statuses = [status] if status else [s.value for s in VISIBLE]
@@ -307,78 +381,8 @@ class SandboxService:
 
     async def sweep(self) -> list[str]:
         """Kill every sandbox whose deadline passed; returns their ids."""
-        due = await self._store.expired(self._clock(), [S.RUNNING, S.ERROR])
-        killed: list[str] = []
-        for record in due:
-            try:
-                await self._kill(record.id, "timeout")
-                killed.append(record.id)
-            except SandbankError as exc:
-                log.error("sweep could not kill %s: %s", record.id, exc)
-        return killed
+        return await self._recovery.sweep()
 
     async def reconcile(self) -> dict[str, list[str]]:
         """Bring the store and the host into agreement after a (re)start."""
-        report: dict[str, list[str]] = {"adopted": [], "killed": [], "lost": [], "orphans": []}
-        now = self._clock()
-        page_cursor: str | None = None
-        records: list[SandboxRecord] = []
-        while True:
-            page = await self._store.list_sandboxes(
-                tenant=None,
-                statuses=[S.CREATING, S.RUNNING, S.KILLING, S.ERROR],
-                limit=1000,
-                cursor=page_cursor,
-            )
-            records.extend(page.items)
-            if page.next_cursor is None:
-                break
-            page_cursor = page.next_cursor
-        for record in records:
-            expired = record.expires_at is not None and record.expires_at <= now
-            if record.status == S.RUNNING and not expired:
-                if await self._runtime.adopt(record.id):
-                    report["adopted"].append(record.id)
-                    continue
-                report["lost"].append(record.id)
-                await self._mark_lost(record.id)
-                continue
-            reason = "timeout" if expired else _RECOVERY_REASON.get(record.status, "deleted")
-            if record.status == S.ERROR and not expired:
-                await self._cleanup(record.id)
-                continue
-            try:
-                await self._kill(record.id, reason)
-                report["killed"].append(record.id)
-            except SandbankError as exc:
-                log.error("reconcile could not kill %s: %s", record.id, exc)
-        self._telemetry.running.set(len(report["adopted"]))
-        known = {r.id for r in records}
-        for orphan in await self._runtime.running():
-            if orphan not in known:
-                report["orphans"].append(orphan)
-                await self._cleanup(orphan)
-        return report
-
-    async def _mark_lost(self, sandbox_id: str) -> None:
-        await self._cleanup(sandbox_id)
-        await self._store.update_sandbox(
-            sandbox_id,
-            {
-                "status": S.ERROR,
-                "error": "the sandbox was no longer running when the server started",
-                "updated_at": self._clock(),
-            },
-        )
-
-    async def _cleanup(self, sandbox_id: str) -> None:
-        try:
-            await self._runtime.destroy(sandbox_id)
-        except SandbankError as exc:
-            log.error("could not clean up %s: %s", sandbox_id, exc)
-
-
-_RECOVERY_REASON: dict[str, str] = {
-    S.CREATING: "interrupted",
-    S.KILLING: "deleted",
-}
+        return await self._recovery.reconcile()

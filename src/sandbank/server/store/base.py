@@ -92,6 +92,8 @@ class Store(Protocol):
         tenant: str | None,
         statuses: Iterable[str] | None = None,
         metadata: Mapping[str, str] | None = None,
+        template: str | None = None,
+        disk_gb: int | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page: ...
@@ -99,6 +101,13 @@ class Store(Protocol):
     async def expired(self, now: datetime, statuses: Iterable[str]) -> list[SandboxRecord]: ...
 
     async def usage(self, tenant: str, statuses: Iterable[str]) -> TenantUsage: ...
+
+    async def quota_and_usage(
+        self, tenant: str, statuses: Iterable[str]
+    ) -> tuple[QuotaRecord | None, TenantUsage]:
+        """The tenant's quota override and ``usage`` in one round trip: every
+        create reads both under its tenant's lock."""
+        ...
 
     # keys
     async def insert_key(self, record: ApiKeyRecord) -> None: ...

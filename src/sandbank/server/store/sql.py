@@ -126,6 +126,8 @@ class SqlStore:
         tenant: str | None,
         statuses: Iterable[str] | None = None,
         metadata: Mapping[str, str] | None = None,
+        template: str | None = None,
+        disk_gb: int | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page:
@@ -134,6 +136,10 @@ class SqlStore:
             stmt = stmt.where(sandboxes.c.tenant == tenant)
         if statuses is not None:
             stmt = stmt.where(sandboxes.c.status.in_(list(statuses)))
+        if template is not None:
+            stmt = stmt.where(sandboxes.c.template == template)
+        if disk_gb is not None:
+            stmt = stmt.where(sandboxes.c.disk_gb == disk_gb)
         for key, value in (metadata or {}).items():
             stmt = stmt.where(sandboxes.c.metadata[key].as_string() == value)
         if cursor:
@@ -163,6 +169,27 @@ class SqlStore:
         async with self._engine.connect() as conn:
             count, vcpu, memory = (await conn.execute(stmt)).one()
         return TenantUsage(sandboxes=int(count), vcpu=float(vcpu), memory_mb=int(memory))
+
+    async def quota_and_usage(
+        self, tenant: str, statuses: Iterable[str]
+    ) -> tuple[QuotaRecord | None, TenantUsage]:
+        def override(column: Any) -> Any:
+            return select(column).where(quotas.c.tenant == tenant).scalar_subquery()
+
+        stmt = select(
+            func.count(sandboxes.c.seq),
+            func.coalesce(func.sum(sandboxes.c.vcpu), 0.0),
+            func.coalesce(func.sum(sandboxes.c.memory_mb), 0),
+            override(quotas.c.max_sandboxes),
+            override(quotas.c.max_vcpu),
+            override(quotas.c.max_memory_mb),
+        ).where(sandboxes.c.tenant == tenant, sandboxes.c.status.in_(list(statuses)))
+        async with self._engine.connect() as conn:
+            count, vcpu, memory, *limits = (await conn.execute(stmt)).one()
+        usage = TenantUsage(sandboxes=int(count), vcpu=float(vcpu), memory_mb=int(memory))
+        if all(limit is None for limit in limits):
+            return None, usage
+        return QuotaRecord(tenant, *limits), usage
 
     # -- keys --------------------------------------------------------------------
 
