@@ -53,6 +53,7 @@ def spawn_agent(socket_path: Path, homes: Path, log: Path) -> subprocess.Popen[b
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(SRC),
         "SANDBANK_AGENT_HOME_ROOT": str(homes),
+        "SANDBANK_AGENT_ETC": str(homes.parent / "etc"),
     }
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -168,6 +169,35 @@ async def test_exec_streams_stdout_stderr_and_exit_code(agent: Agent) -> None:
     assert result.duration_ms > 0
 
 
+async def test_exec_header_comes_early_and_with_a_quick_exit(agent: Agent) -> None:
+    """The ``ok`` header of a silent, long command is not held back until its
+    exit; that of a quick one arrives in the same write as the exit."""
+    from sandbank.protocol.agent import HEADER, decode_json, encode_json
+
+    loop = asyncio.get_running_loop()
+
+    async def first_read(cmd: list[str]) -> tuple[float, list[dict[str, object]]]:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, str(agent.socket))
+            await loop.sock_sendall(sock, encode_json({"op": "exec", "cmd": cmd, "timeout": 10}))
+            started = time.monotonic()
+            data = await loop.sock_recv(sock, 65536)
+            elapsed = time.monotonic() - started
+        frames = []
+        while data:
+            kind, length = HEADER.unpack_from(data)
+            assert kind == b"J"
+            frames.append(decode_json(data[HEADER.size : HEADER.size + length]))
+            data = data[HEADER.size + length :]
+        return elapsed, frames
+
+    elapsed, frames = await first_read(["sleep", "1"])
+    assert elapsed < 0.5 and frames[0]["ok"] is True
+    _, frames = await first_read(["true"])
+    assert [f.get("ok", f.get("exit_code")) for f in frames] == [True, 0]
+
+
 async def test_exec_death_by_signal_is_128_plus_signo(agent: Agent) -> None:
     result = await agent.client.exec(ExecSpec(["bash", "-c", "kill -TERM $$"], timeout=10))
     assert result.exit_code == 128 + signal.SIGTERM
@@ -234,6 +264,68 @@ async def test_exec_switches_to_the_requested_user(agent: Agent) -> None:
     nobody = pwd.getpwnam("nobody")
     result = await agent.client.exec(ExecSpec(["id", "-u"], user="nobody", cwd="/", timeout=10))
     assert result.stdout == f"{nobody.pw_uid}\n".encode()
+    # Every id of the command is the user's (none left over from the agent's switch),
+    # it has no capability, and its signals start at their defaults (the standard
+    # ones: glibc's posix_spawn leaves its own two internal signals ignored).
+    script = "grep -E '^(Uid|Gid|Groups|CapEff|CapPrm|SigIgn|SigBlk):' /proc/self/status"
+    result = await agent.client.exec(
+        ExecSpec(["sh", "-c", script], user="nobody", cwd="/", timeout=10)
+    )
+    status = dict(line.split(":", 1) for line in result.stdout.decode().splitlines())
+    assert status["Uid"].split() == [str(nobody.pw_uid)] * 4
+    assert status["Gid"].split() == [str(nobody.pw_gid)] * 4
+    assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == 0
+    assert int(status["SigIgn"], 16) & 0x7FFFFFFF == 0
+    assert int(status["SigBlk"], 16) == 0
+
+
+@needs_root
+async def test_exec_starts_in_a_directory_the_user_may_not_enter(
+    agent: Agent, tmp_path: Path
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    result = await agent.client.exec(
+        ExecSpec(["sh", "-c", "pwd; ls . >/dev/null"], user="nobody", cwd=str(private))
+    )
+    assert result.stdout.decode().strip() == str(private)
+    assert result.exit_code != 0  # in it, but not allowed to look
+
+
+async def test_exec_of_something_not_executable_is_126(agent: Agent, tmp_path: Path) -> None:
+    script = tmp_path / "not-executable.sh"
+    script.write_text("echo hi\n")
+    result = await agent.client.exec(ExecSpec([str(script)], timeout=10))
+    assert result.exit_code == 126
+    assert b"permission denied" in result.stderr
+    result = await agent.client.exec(ExecSpec(["sh", "-c", "echo $PPID"], user="root"))
+    assert result.exit_code == 0  # the agent still serves after a failed start
+
+
+@needs_root
+def test_spawn_falls_back_to_popen_where_the_thread_cannot_switch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sandbank.agent import spawn
+    from sandbank.agent.base import Identity
+
+    monkeypatch.setattr(spawn, "_numbers", None)
+    nobody = pwd.getpwnam("nobody")
+    who = Identity("nobody", nobody.pw_uid, nobody.pw_gid, [nobody.pw_gid], "/")
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    try:
+        started = spawn.spawn(["id", "-u"], {"PATH": "/usr/bin:/bin"}, "/", who, stdin)
+    finally:
+        os.close(stdin)
+    assert started.popen is not None
+    started.popen.returncode = 0  # the agent's reaper would; keep Popen from waiting
+    out = b""
+    while chunk := os.read(started.stdout, 100):
+        out += chunk
+    os.close(started.stdout)
+    os.close(started.stderr)
+    _, status = os.waitpid(started.pid, 0)
+    assert (out, os.waitstatus_to_exitcode(status)) == (f"{nobody.pw_uid}\n".encode(), 0)
 
 
 async def test_exec_timeout_kills_the_whole_process_group(agent: Agent, tmp_path: Path) -> None:
@@ -512,6 +604,42 @@ async def test_new_files_and_dirs_belong_to_the_user(agent: Agent, tmp_path: Pat
 async def test_unknown_operation(agent: Agent) -> None:
     with pytest.raises(BadRequest, match="unknown operation"):
         await agent.client._call({"op": "teleport"})
+
+
+# -- hostname ----------------------------------------------------------------------------
+
+
+async def test_hostname_rewrites_hostname_and_its_hosts_line(agent: Agent) -> None:
+    etc = agent.homes.parent / "etc"
+    etc.mkdir(exist_ok=True)
+    (etc / "hostname").write_text("old\n")
+    (etc / "hosts").write_text(
+        "127.0.0.1\tlocalhost\n127.0.1.1\told\n::1\tlocalhost\n10.0.0.7 db  # mine"
+    )
+    os.chmod(etc / "hosts", 0o640)
+    await agent.client.set_hostname("new-name")
+    assert (etc / "hostname").read_text() == "new-name\n"
+    assert (etc / "hosts").read_text() == (
+        "127.0.0.1\tlocalhost\n127.0.1.1\tnew-name\n::1\tlocalhost\n10.0.0.7 db  # mine\n"
+    )
+    assert stat.S_IMODE((etc / "hosts").stat().st_mode) == 0o640
+    assert sorted(p.name for p in etc.iterdir()) == ["hostname", "hosts"]
+    for bad in ("", "a b", "-x", "x" * 65, "a\n127.0.0.1 evil", 7):
+        with pytest.raises(BadRequest):
+            await agent.client._call({"op": "hostname", "name": bad})
+    assert (etc / "hostname").read_text() == "new-name\n"
+
+
+def test_hosts_line_is_added_when_missing_and_duplicates_go() -> None:
+    from sandbank.agent.system import hosts_with
+
+    assert hosts_with("", "a") == "127.0.1.1\ta\n"
+    assert hosts_with("127.0.0.1 localhost\n::1 x\n", "a") == (
+        "127.0.0.1 localhost\n127.0.1.1\ta\n::1 x\n"
+    )
+    assert hosts_with("127.0.1.1 x\n# 127.0.1.1 kept\n127.0.1.1 y z\n", "b") == (
+        "127.0.1.1\tb\n# 127.0.1.1 kept\n"
+    )
 
 
 async def test_socket_is_private(agent: Agent) -> None:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from sandbank.runtime.linux.cgroups import SERVER_LEAF, CgroupLayout, make_room
+from sandbank.runtime.linux.cgroups import (
+    SERVER_LEAF,
+    CgroupLayout,
+    Limits,
+    favors_dynmods,
+    make_room,
+)
 
 V1_CONTROLLERS = ["cpu", "cpuacct", "memory", "pids", "freezer", "systemd"]
 SANDBOX = "/srv/abc/sandbank/sbx1"
@@ -137,6 +143,81 @@ def test_v1_unlimited_memory_reads_as_zero(v1: tuple[CgroupLayout, Path]) -> Non
     assert layout.cgroup(SANDBOX).memory_limit() == 0
 
 
+class Recorder:
+    """Records the order in which control files are written."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import sandbank.runtime.linux.cgroups as mod
+
+        self.writes: list[tuple[str, str]] = []
+        real = mod._write
+
+        def spy(path: Path, text: str) -> None:
+            real(path, text)
+            self.writes.append((path.name, text))
+
+        monkeypatch.setattr(mod, "_write", spy)
+
+
+LIMITS = Limits(
+    cpu_quota=150000, cpu_period=100000, cpus="0,1", memory=1 << 30, no_swap=True, pids=0
+)
+
+
+def test_set_limits_v1_orders_memsw_around_the_limit(
+    v1: tuple[CgroupLayout, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout, root = v1
+    rel = SANDBOX.lstrip("/")
+    write(root / "cpu" / rel, {"cpu.cfs_quota_us": "100000\n", "cpu.cfs_period_us": "100000\n"})
+    write(root / "memory" / rel, {"memory.memsw.limit_in_bytes": "536870912\n"})
+    write(root / "pids" / rel, {"pids.max": "64\n"})
+    rec = Recorder(monkeypatch)
+    cg = layout.cgroup(SANDBOX)
+    cg.set_limits(LIMITS)
+    # Growing: memsw first. No cpuset hierarchy on this host: the CPUs are left alone.
+    assert rec.writes == [
+        ("cpu.cfs_period_us", "100000"),
+        ("cpu.cfs_quota_us", "150000"),
+        ("memory.memsw.limit_in_bytes", str(1 << 30)),
+        ("memory.limit_in_bytes", str(1 << 30)),
+        ("pids.max", "max"),
+    ]
+    assert cg.memory_limit() == 1 << 30 and cg.cpus() is None
+    rec.writes.clear()
+    cg.set_limits(Limits(1000, 100000, None, 1 << 20, True, 7))
+    assert [name for name, _ in rec.writes][2:4] == [
+        "memory.limit_in_bytes",
+        "memory.memsw.limit_in_bytes",
+    ]
+    assert cg.pids_max() == 7
+
+
+def test_set_limits_v2(v2: tuple[CgroupLayout, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    layout, root = v2
+    write(
+        root / SANDBOX.lstrip("/"),
+        {"cpu.max": "100000 100000\n", "cpuset.cpus": "0\n", "memory.swap.max": "0\n"},
+    )
+    rec = Recorder(monkeypatch)
+    cg = layout.cgroup(SANDBOX)
+    assert cg.cpus() == "0"
+    cg.set_limits(LIMITS)
+    assert rec.writes == [
+        ("cpu.max", "150000 100000"),
+        ("cpuset.cpus", "0,1"),
+        ("memory.max", str(1 << 30)),
+        ("memory.swap.max", "0"),
+        ("pids.max", "max"),
+    ]
+
+
+def test_set_limits_never_creates_a_control_file(v1: tuple[CgroupLayout, Path]) -> None:
+    layout, _ = v1
+    with pytest.raises(FileNotFoundError):
+        layout.cgroup(SANDBOX).set_limits(LIMITS)  # no cpu.cfs_* files in this tree
+
+
 def test_freeze_thaw(v1: tuple[CgroupLayout, Path], v2: tuple[CgroupLayout, Path]) -> None:
     layout1, root1 = v1
     state = root1 / "freezer" / SANDBOX.lstrip("/") / "freezer.state"
@@ -254,3 +335,9 @@ def test_paths_with_spaces_in_mount_table(tmp_path: Path) -> None:
     escaped = str(root).replace(" ", "\\040")
     layout = CgroupLayout.detect(f"cgroup2 {escaped} cgroup2 rw 0 0\n")
     assert layout.hierarchies[0].mountpoint == root
+
+
+def test_favordynmods_on_any_hierarchy(tmp_path: Path) -> None:
+    plain = v1_mounts(tmp_path)
+    assert not favors_dynmods(plain)
+    assert favors_dynmods(plain.replace("cgroup2 rw,nsdelegate", "cgroup2 rw,favordynmods"))

@@ -4,6 +4,7 @@ store and recipe, mirror discovery, the ownership shift, the agent's lib dir."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import struct
@@ -13,7 +14,7 @@ import pytest
 
 from sandbank.errors import RuntimeFailure, TemplateNotFound, ValidationFailed
 from sandbank.runtime import _proc
-from sandbank.runtime.linux import agentlib
+from sandbank.runtime.linux import agentlib, customize
 from sandbank.runtime.linux.layout import SandboxRecord, check_id
 from sandbank.runtime.templates import TemplateStore
 from sandbank.runtime.templates.base import host_mirror, installed_packages
@@ -82,6 +83,37 @@ def test_record_roundtrip(tmp_path: Path) -> None:
     assert SandboxRecord.load(tmp_path / "missing.json") is None
     (tmp_path / "bad.json").write_text("{")
     assert SandboxRecord.load(tmp_path / "bad.json") is None
+
+
+def test_record_of_an_older_server_still_loads(tmp_path: Path) -> None:
+    old = {
+        "id": "a", "cgroups_path": "/x/sandbank/a", "lower": "/t", "oci_binary": "runc",
+        "disk_gb": 1, "memory_mb": 512, "pids_limit": 64, "created_at": 1.0,
+    }  # fmt: skip
+    (tmp_path / "runtime.json").write_text(json.dumps(old))
+    rec = SandboxRecord.load(tmp_path / "runtime.json")
+    assert rec is not None and (rec.vcpu, rec.hostname) == (0.0, "")
+    del old["cgroups_path"]
+    (tmp_path / "runtime.json").write_text(json.dumps(old))
+    assert SandboxRecord.load(tmp_path / "runtime.json") is None
+
+
+def test_hostname_and_cpuset_parsing() -> None:
+    assert customize.check_hostname("a-b.c9") == "a-b.c9"
+    for bad in ("", "-a", "a-", "a b", "a..b", "x" * 64 + ".y", "a_b"):
+        with pytest.raises(ValidationFailed):
+            customize.check_hostname(bad)
+    assert customize.parse_cpus("0-2,5\n") == [0, 1, 2, 5]
+    assert customize.parse_cpus("") == customize.parse_cpus(None) == []
+
+
+def test_cpusets_are_handed_out_in_turn_and_kept_on_resize() -> None:
+    spread = customize.CpuSpread([0, 1, 2, 3])
+    assert [spread.pick(1) for _ in range(5)] == ["0", "1", "2", "3", "0"]
+    assert spread.pick(2) == "1,2"
+    assert spread.pick(2, current="3") == "0,3"  # grows from the CPU it had
+    assert spread.pick(1, current="2-3") == "2"
+    assert spread.pick(16) == "0,1,2,3"
 
 
 # -- mirror discovery --------------------------------------------------------------
@@ -264,3 +296,29 @@ async def test_proc_timeout_kills_the_whole_session(tmp_path: Path) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the grandchild survived the timeout")
+
+
+# -- loop devices -----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/loop-control"), reason="needs root and loop"
+)
+def test_loop_devices_are_only_detached_from_their_own_image(tmp_path: Path) -> None:
+    from sandbank.runtime.linux import disk, kernel
+
+    mine, other = tmp_path / "mine.img", tmp_path / "other.img"
+    for image in (mine, other):
+        with open(image, "wb") as fh:
+            fh.truncate(1024 * 1024)
+    device, fd = kernel.attach_loop(mine)
+    try:
+        assert disk.loops_backed_by(mine) == [device]
+        # The device number names another image's device now: left alone.
+        assert not kernel.detach_loop(device, other)
+        assert disk.loops_backed_by(mine) == [device]
+        assert kernel.detach_loop(device, mine)
+    finally:
+        os.close(fd)
+    # Cleared (autoclear, and asked to) once the last holder let go.
+    assert disk.loops_backed_by(mine) == []

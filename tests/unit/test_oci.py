@@ -21,6 +21,7 @@ from sandbank.runtime.linux.oci import (
     READONLY_PATHS,
     build_config,
     host_rlimits,
+    pick_cpus,
 )
 
 SPEC = SandboxSpec(
@@ -50,13 +51,17 @@ def config(**overrides: Any) -> dict[str, Any]:
 def test_process_is_the_agent_as_root_inside() -> None:
     proc = config()["process"]
     assert proc["args"] == AGENT_ARGS
-    assert proc["args"][:3] == ["/usr/bin/python3", "-S", "-m"]
+    # Isolated and without site: no environment variable or file of the sandbox
+    # decides what the agent imports; the listening socket comes in as stdin.
+    assert proc["args"][:4] == ["/usr/bin/python3", "-I", "-S", "-c"]
+    assert "sys.path.insert(0, '/opt/sandbank/lib')" in proc["args"][4]
+    assert proc["args"][5:] == ["--listen-fd", "0"]
     assert proc["user"] == {"uid": 0, "gid": 0}
     assert proc["terminal"] is False
     # sudo inside must work.
     assert proc["noNewPrivileges"] is False
     env = dict(e.split("=", 1) for e in proc["env"])
-    assert env["PYTHONPATH"] == "/opt/sandbank/lib"
+    assert "PYTHONPATH" not in env
     assert "FOO" not in env  # sandbox variables go with each exec, not into the agent
     assert "/usr/bin" in env["PATH"]
 
@@ -80,6 +85,15 @@ def test_resources() -> None:
     assert res["pids"] == {"limit": 256}
     assert res["devices"] == [{"allow": False, "access": "rwm"}]
     assert config()["linux"]["cgroupsPath"] == "/srv/sandbank/sbx1"
+
+
+def test_cpuset_spreads_ceil_vcpu_cpus() -> None:
+    assert pick_cpus(1, [0, 1, 2, 3], 0) == "0"
+    assert pick_cpus(1.5, [0, 1, 2, 3], 3) == "0,3"
+    assert pick_cpus(0.2, [4, 6], 1) == "6"
+    assert pick_cpus(8, [0, 1], 1) == "0,1"
+    with pytest.raises(ValueError):
+        pick_cpus(1, [], 0)
 
 
 def test_no_swap_setting_without_swap_accounting() -> None:

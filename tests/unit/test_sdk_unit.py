@@ -188,7 +188,7 @@ def test_requests_carry_the_key_and_parse_the_sandbox() -> None:
         (404, {"code": "gone_fishing", "message": "m"}, NotFound, "gone_fishing"),
         (422, {"detail": "m"}, ValidationFailed, "invalid_request"),
         (404, "m", NotFound, "not_found"),
-        (502, "m", SandbankError, "http_502"),
+        (418, "m", SandbankError, "http_418"),
     ],
 )
 def test_error_bodies_become_their_classes(

@@ -1,7 +1,8 @@
-"""What every agent operation shares: the connection, logging, users, paths,
-file entries and the errno -> error-code mapping.
+"""What the agent's operations share: users, paths, file entries and the
+errno -> error-code mapping (the connection and the log are in ``conn``).
 
-Stdlib only, and cheap to import: this module is on the agent's start path.
+Stdlib only, and cheap to import; it is loaded right after the agent's first
+answer, off the start path.
 """
 
 from __future__ import annotations
@@ -11,15 +12,11 @@ import grp
 import os
 import pwd
 import stat
-import sys
-import time
 
-from sandbank import errors
-from sandbank.protocol.agent import encode, encode_json, recv_frame, recv_json
+from sandbank.agent.conn import errors
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
     from typing import Any
 
 #: Relative paths resolve against this user's home when a request names no user.
@@ -28,49 +25,6 @@ DEFAULT_USER = "user"
 #: missing ``user`` account maps to the agent's own uid/gid, so the agent can run
 #: on a host that has no such account.
 HOME_ROOT_ENV = "SANDBANK_AGENT_HOME_ROOT"
-
-
-def log(message: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    sys.stderr.write(f"{stamp} sandbank-agent[{os.getpid()}]: {message}\n")
-
-
-class Conn:
-    """One client connection, carrying one operation.
-
-    ``answered`` flips on the first header: an error after that point cannot be
-    framed as the reply any more, so the connection is simply closed and the
-    client sees a cut stream.
-    """
-
-    __slots__ = ("answered", "sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.answered = False
-
-    def recv_json(self) -> dict[str, Any]:
-        return recv_json(self.sock)
-
-    def recv_frame(self) -> tuple[bytes, bytes]:
-        return recv_frame(self.sock)
-
-    def ok(self, **fields: Any) -> None:
-        self.answered = True
-        self.sock.sendall(encode_json({"ok": True, **fields}))
-
-    def fail(self, exc: errors.SandbankError) -> None:
-        if self.answered:
-            return
-        self.answered = True
-        body = {"ok": False, **exc.to_dict()}
-        self.sock.sendall(encode_json(body))
-
-    def send(self, kind: bytes, payload: bytes = b"") -> None:
-        self.sock.sendall(encode(kind, payload))
-
-    def send_json(self, obj: dict[str, Any]) -> None:
-        self.sock.sendall(encode_json(obj))
 
 
 # -- users ---------------------------------------------------------------------
@@ -238,20 +192,28 @@ def entry(
 
 # -- errors ------------------------------------------------------------------------
 
-_BY_ERRNO: dict[int, type[errors.SandbankError]] = {
-    errno.ENOENT: errors.FileNotFound,
-    errno.EISDIR: errors.IsADirectory,
-    errno.ENOTDIR: errors.NotADirectory,
-    errno.EEXIST: errors.FileExists,
-    errno.ENOTEMPTY: errors.Conflict,
-    errno.EACCES: errors.PermissionDenied,
-    errno.EPERM: errors.PermissionDenied,
-    errno.EROFS: errors.PermissionDenied,
-    errno.ENOSPC: errors.DiskFull,
-    errno.EDQUOT: errors.DiskFull,
-    errno.ENAMETOOLONG: errors.InvalidPath,
-    errno.EINVAL: errors.BadRequest,
-}
+_BY_ERRNO: dict[int, type[errors.SandbankError]] = {}
+
+
+def _error_classes() -> dict[int, type[errors.SandbankError]]:
+    if not _BY_ERRNO:  # built on first use: see ``conn.errors``
+        _BY_ERRNO.update(
+            {
+                errno.ENOENT: errors.FileNotFound,
+                errno.EISDIR: errors.IsADirectory,
+                errno.ENOTDIR: errors.NotADirectory,
+                errno.EEXIST: errors.FileExists,
+                errno.ENOTEMPTY: errors.Conflict,
+                errno.EACCES: errors.PermissionDenied,
+                errno.EPERM: errors.PermissionDenied,
+                errno.EROFS: errors.PermissionDenied,
+                errno.ENOSPC: errors.DiskFull,
+                errno.EDQUOT: errors.DiskFull,
+                errno.ENAMETOOLONG: errors.InvalidPath,
+                errno.EINVAL: errors.BadRequest,
+            }
+        )
+    return _BY_ERRNO
 
 
 def os_error(exc: OSError) -> errors.SandbankError:
@@ -259,5 +221,5 @@ def os_error(exc: OSError) -> errors.SandbankError:
     reason = exc.strerror or str(exc)
     where = [os.fsdecode(f) for f in (exc.filename, exc.filename2) if f is not None]
     message = f"{' -> '.join(where)}: {reason}" if where else reason
-    cls = _BY_ERRNO.get(exc.errno or 0, errors.RuntimeFailure)
+    cls = _error_classes().get(exc.errno or 0, errors.RuntimeFailure)
     return cls(message)

@@ -7,14 +7,11 @@ what an operation creates, not what it may touch.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
 
-from sandbank import errors
 from sandbank.agent.base import (
-    Conn,
     Names,
     entry,
     identity,
@@ -23,6 +20,7 @@ from sandbank.agent.base import (
     remove_dirs,
     resolve,
 )
+from sandbank.agent.conn import Conn, errors, suppress
 from sandbank.protocol.agent import CHUNK, DATA, END, FrameError
 
 TYPE_CHECKING = False
@@ -155,7 +153,7 @@ def _refuse(conn: Conn, exc: errors.SandbankError, received: bool) -> None:
 
 
 def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    with suppress(FileNotFoundError):
         os.unlink(path)
 
 

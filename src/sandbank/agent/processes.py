@@ -4,73 +4,74 @@ Every command leads its own session (so its own process group): a timeout or a
 client that goes away kills the whole group, grandchildren included. A command
 that leaves a background process holding its stdout/stderr open is not waited
 for beyond a short drain once the command itself has exited.
+
+The cost of a short command is mostly fixed overhead, kept low on purpose:
+
+* it is started with ``posix_spawn`` (a ``vfork``), not ``fork``, and without
+  the subprocess module (see ``spawn``);
+* one ``poll`` set, no selector object per command;
+* the ``ok`` header is held back briefly and goes out in the same write as
+  the first output or the exit, so ``true`` is answered with one ``sendall``
+  and the client wakes up once;
+* once the command has exited and its pipes are at EOF the answer goes out at
+  once: the drain only waits for pipes that something else still holds open.
 """
 
 from __future__ import annotations
 
 import binascii
 import errno
+import math
 import os
-import selectors
+import select
 import stat
-import subprocess
 import time
 
-from sandbank import errors
-from sandbank.agent.base import Conn, Identity, identity, os_error, resolve
+from sandbank.agent import reaper, spawn
+from sandbank.agent.base import Identity, identity, os_error, resolve
+from sandbank.agent.conn import Conn, errors
 from sandbank.protocol.agent import CHUNK, STDERR, STDOUT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from sandbank.agent.reaper import Child, Reaper
+    from sandbank.agent.reaper import Child, Spawned
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: After the command exits, how long output still held open by its background
 #: children is forwarded before the answer goes out.
 DRAIN_SECONDS = 0.1
+#: How long the ``ok`` header waits for output or the exit to share its write;
+#: a command silent for longer gets its header alone.
+HEADER_HOLD_SECONDS = 0.005
 
-_EXIT = b"exit"
-_CLIENT = b"client"
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
-def run(conn: Conn, req: dict[str, Any], reaper: Reaper) -> None:
+def run(conn: Conn, req: dict[str, Any]) -> None:
     argv = _argv(req.get("cmd"))
     who = identity(req.get("user"))
     env = _env(req.get("env"), who)
     cwd = _cwd(req.get("cwd"), who)
     timeout = _timeout(req.get("timeout"))
-    credentials = _credentials(who)
     stdin = _stdin(req.get("stdin_b64"))
 
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv,
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-            bufsize=0,
-            **credentials,
-        )
+    def start() -> Spawned:
+        return spawn.spawn(argv, env, cwd, who, stdin)
 
     begun = time.monotonic()
     try:
-        child = reaper.spawn(start)
+        child = reaper.get().spawn(start)
     except OSError as exc:
         _not_started(conn, argv[0], cwd, who.name, exc, begun)
         return
     except ValueError as exc:  # an argument or variable with a NUL byte
         raise errors.BadRequest(f"cannot run {argv[0]}: {exc}") from exc
     finally:
-        if stdin >= 0:
-            os.close(stdin)
+        os.close(stdin)
     try:
-        conn.ok(pid=child.pid)
+        conn.ok(pid=child.pid, hold=True)
         timed_out, gone = _stream(conn, child, timeout)
     except BaseException:
         # Whatever broke (most likely the client hung up mid-send), nobody will
@@ -79,9 +80,6 @@ def run(conn: Conn, req: dict[str, Any], reaper: Reaper) -> None:
             child.kill_group()
         raise
     finally:
-        assert child.popen.stdout is not None and child.popen.stderr is not None
-        child.popen.stdout.close()
-        child.popen.stderr.close()
         child.close()
     if gone:
         return
@@ -97,52 +95,63 @@ def run(conn: Conn, req: dict[str, Any], reaper: Reaper) -> None:
 
 def _stream(conn: Conn, child: Child, timeout: float | None) -> tuple[bool, bool]:
     """Forward output until the command has exited and its pipes are drained.
-    Returns (timed_out, client_gone)."""
-    popen = child.popen
-    assert popen.stdout is not None and popen.stderr is not None
-    pipes = {popen.stdout.fileno(): STDOUT, popen.stderr.fileno(): STDERR}
+    Returns (timed_out, client_gone); what is still held goes out with the exit."""
+    kinds = {child.stdout: STDOUT, child.stderr: STDERR}
+    open_pipes = set(kinds)
+    client = conn.sock.fileno()
     deadline = None if timeout is None else child.started + timeout
+    hold_until = time.monotonic() + HEADER_HOLD_SECONDS
     timed_out = False
     drain_until: float | None = None
-    sel = selectors.DefaultSelector()
-    try:
-        for fd, kind in pipes.items():
-            sel.register(fd, selectors.EVENT_READ, kind)
-        sel.register(child.wake_fd, selectors.EVENT_READ, _EXIT)
-        sel.register(conn.sock, selectors.EVENT_READ, _CLIENT)
-        while True:
-            now = time.monotonic()
-            wait: float | None = None
-            if child.exit_code is not None:
-                if drain_until is None:
-                    drain_until = now + DRAIN_SECONDS
-                if not pipes or now >= drain_until:
-                    return timed_out, False
-                wait = drain_until - now
-            elif deadline is not None:
-                if now >= deadline:
-                    child.kill_group()
-                    timed_out, deadline = True, None
-                    continue
-                wait = deadline - now
-            for key, _ in sel.select(wait):
-                tag = key.data
-                if tag == _EXIT:
-                    sel.unregister(key.fd)
-                elif tag == _CLIENT:
-                    if not _client_alive(conn):
-                        if child.exit_code is None:
-                            child.kill_group()
-                        return timed_out, True
+    poller = select.poll()
+    for fd in (*kinds, child.wake_fd, client):
+        poller.register(fd, select.POLLIN)
+    while True:
+        now = time.monotonic()
+        waits: list[float] = []
+        if child.exit_code is not None:
+            if drain_until is None:
+                drain_until = now + DRAIN_SECONDS
+            if not open_pipes or now >= drain_until:
+                return timed_out, False
+            waits.append(drain_until - now)
+        elif deadline is not None:
+            if now >= deadline:
+                child.kill_group()
+                timed_out, deadline = True, None
+                continue
+            waits.append(deadline - now)
+        if conn.holding:
+            if now >= hold_until:
+                conn.flush()
+            else:
+                waits.append(hold_until - now)
+        wait = min(waits) if waits else None
+        # poll counts milliseconds: round up, or a sub-millisecond wait would spin.
+        events = poller.poll(None if wait is None else math.ceil(wait * 1000))
+        fresh = False
+        for fd, event in events:
+            if not event & _READABLE:
+                continue
+            if fd == child.wake_fd:
+                poller.unregister(fd)
+            elif fd == client:
+                if not _client_alive(conn):
+                    if child.exit_code is None:
+                        child.kill_group()
+                    return timed_out, True
+            else:
+                data = os.read(fd, CHUNK)
+                if data:
+                    # Straight out, unless it can join the header or the exit.
+                    conn.send(kinds[fd], data, hold=conn.holding or child.exit_code is not None)
+                    fresh = True
                 else:
-                    data = os.read(key.fd, CHUNK)
-                    if data:
-                        conn.send(tag, data)
-                    else:
-                        sel.unregister(key.fd)
-                        del pipes[key.fd]
-    finally:
-        sel.close()
+                    poller.unregister(fd)
+                    open_pipes.discard(fd)
+        # Output goes out as it comes, unless the exit is due to follow right away.
+        if fresh and conn.holding and not (child.exit_code is not None and not open_pipes):
+            conn.flush()
 
 
 def _client_alive(conn: Conn) -> bool:
@@ -161,8 +170,8 @@ def _not_started(conn: Conn, name: str, cwd: str, user: str, exc: OSError, begun
         raise cls(f"cannot start {name} as {user} in {cwd}: {exc.strerror or exc}") from exc
     code = 127 if exc.errno == errno.ENOENT else 126
     reason = "command not found" if code == 127 else (exc.strerror or str(exc)).lower()
-    conn.ok(pid=None)
-    conn.send(STDERR, f"{name}: {reason}\n".encode())
+    conn.ok(pid=None, hold=True)
+    conn.send(STDERR, f"{name}: {reason}\n".encode(), hold=True)
     duration = round((time.monotonic() - begun) * 1000, 3)
     conn.send_json({"exit_code": code, "timed_out": False, "duration_ms": duration})
 
@@ -218,21 +227,11 @@ def _timeout(raw: object) -> float | None:
     return float(raw)
 
 
-def _credentials(who: Identity) -> dict[str, Any]:
-    if os.geteuid() == 0:
-        return {"user": who.uid, "group": who.gid, "extra_groups": who.groups}
-    if who.uid != os.geteuid():
-        raise errors.PermissionDenied(
-            f"the agent does not run as root and cannot become {who.name}"
-        )
-    return {}
-
-
 def _stdin(raw: object) -> int:
     """A file descriptor holding the whole input: a memfd, so feeding a command
-    that does not read its stdin can never block the output loop."""
+    that does not read its stdin can never block the output loop; else /dev/null."""
     if raw is None:
-        return subprocess.DEVNULL
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     if not isinstance(raw, str):
         raise errors.BadRequest("stdin_b64 must be a base64 string")
     try:

@@ -4,23 +4,33 @@ One connection carries one operation, on a thread of its own. No operation
 depends on a connection outliving it and the agent keeps nothing per client, so
 the server reconnects for every operation and may go away at any moment (a
 restart, a checkpoint of the whole sandbox) without the agent noticing.
+
+The socket is either handed over already listening (``--listen-fd``: the
+runtime creates it on the host before the sandbox starts, so the sandbox never
+has a moment to tamper with it and the server can connect at once), or bound
+here (``--socket``: tests, runs on a host).
+
+Start-up is on the critical path of every sandbox creation, so this module
+imports only what answering a first ``ping`` needs, about 2 ms above the bare
+interpreter: ``_socket``, ``_signal`` and ``_thread`` rather than the
+``socket``, ``signal`` and ``threading`` modules around them (their enum
+conversions, ``selectors`` and ``functools`` cost ~6 ms), no ``json`` (see the
+wire format's codec) and no ``sandbank.errors``. The rest, the reaper among it,
+loads on a thread once that first answer is out.
 """
 
 from __future__ import annotations
 
-import contextlib
+import _signal
+import _socket
+import _thread
 import errno
 import os
 import select
-import signal
-import socket
 import sys
-import threading
 import time
 
-from sandbank import errors
-from sandbank.agent.base import Conn, log, os_error
-from sandbank.agent.reaper import Reaper
+from sandbank.agent.conn import Conn, log, suppress
 from sandbank.protocol.agent import SOCKET_DIR, SOCKET_NAME, VERSION, FrameError
 
 TYPE_CHECKING = False
@@ -28,43 +38,52 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any
 
+    from sandbank import errors
+
 #: sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
 PR_SET_CHILD_SUBREAPER = 36
-USAGE = "usage: python3 -S -m sandbank.agent [--socket PATH]"
+USAGE = "usage: python3 -S -m sandbank.agent [--socket PATH | --listen-fd FD]"
+
+#: Held until the first operation (the runtime's readiness ping) is answered.
+_before_first_answer = _thread.allocate_lock()
+_before_first_answer.acquire()
 
 
 def main(argv: list[str]) -> int:
     try:
-        path = _parse(argv)
+        path, listen_fd = _parse(argv)
     except ValueError as exc:
         sys.stderr.write(f"{USAGE}\n{exc}\n")
         return 2
-    reaper = Reaper()
-    listener: socket.socket | None = None
+    listener: _socket.socket | None = None
     inode = 0
     try:
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        _signal.signal(_signal.SIGTERM, _stop)
+        _signal.signal(_signal.SIGINT, _stop)
         _adopt_orphans()
-        listener, inode = _listen(path)
-        reaper.start()
-        threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()
-        log(f"listening on {path}")
-        _serve(listener, reaper)
+        if listen_fd is None:
+            listener, inode = _listen(path)
+        else:
+            listener = _inherit(listen_fd)
+        _thread.start_new_thread(_warm_up, ())
+        log(f"listening on {path if listen_fd is None else f'descriptor {listen_fd}'}")
+        _serve(listener)
     except SystemExit:
         log("stopping")
     except OSError as exc:
         log(f"cannot serve on {path}: {exc}")
         return 1
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
         if listener is not None:
             _close(listener, path, inode)
         # Inside a sandbox the kernel kills everything once PID 1 is gone; outside
         # one (tests, a debugging host run) nothing would, so do it here.
-        for child in reaper.children():
+        reaper = sys.modules.get("sandbank.agent.reaper")
+        started = reaper.started() if reaper is not None else None
+        for child in started.children() if started is not None else []:
             child.kill_group()
     return 0
 
@@ -90,8 +109,9 @@ def _adopt_orphans() -> None:
         log(f"cannot become a child subreaper, orphans go to the host's init: {exc}")
 
 
-def _parse(argv: list[str]) -> str:
+def _parse(argv: list[str]) -> tuple[str, int | None]:
     path = f"{SOCKET_DIR}/{SOCKET_NAME}"
+    listen_fd: int | None = None
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -99,20 +119,42 @@ def _parse(argv: list[str]) -> str:
             path = args.pop(0)
         elif arg.startswith("--socket="):
             path = arg.partition("=")[2]
+        elif arg == "--listen-fd" and args and args[0].isdigit():
+            listen_fd = int(args.pop(0))
         else:
             raise ValueError(f"unexpected argument {arg!r}")
     if not path:
         raise ValueError("--socket needs a path")
-    return os.path.abspath(path)
+    return os.path.abspath(path), listen_fd
 
 
-def _listen(path: str) -> tuple[socket.socket, int]:
+def _inherit(fd: int) -> _socket.socket:
+    """The listening socket handed over as ``fd`` (the runtime passes it as stdin).
+
+    It moves to a descriptor of its own, closed on exec, and ``fd`` becomes
+    /dev/null: nothing the agent starts may inherit the agent's socket.
+    """
+    sock = _socket.socket(fileno=os.dup(fd))
+    if sock.family != _socket.AF_UNIX or not sock.getsockopt(
+        _socket.SOL_SOCKET, _socket.SO_ACCEPTCONN
+    ):
+        sock.close()
+        raise OSError(errno.ENOTSOCK, f"descriptor {fd} is not a listening unix socket")
+    # O_NONBLOCK belongs to the open file, which the runtime's copy shared.
+    sock.setblocking(True)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, fd)
+    os.close(null)
+    return sock
+
+
+def _listen(path: str) -> tuple[_socket.socket, int]:
     """The listening socket, and the inode of its file (to recognise it at exit)."""
     directory, name = os.path.split(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
+    with suppress(FileNotFoundError):
         os.unlink(path)  # left by an agent that did not exit cleanly
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     dirfd = -1
     address = path
     if len(os.fsencode(path)) > MAX_UNIX_PATH:
@@ -134,83 +176,110 @@ def _listen(path: str) -> tuple[socket.socket, int]:
     return sock, os.stat(path).st_ino
 
 
-def _close(listener: socket.socket, path: str, inode: int) -> None:
+def _close(listener: _socket.socket, path: str, inode: int) -> None:
     listener.close()
+    if not inode:
+        return  # handed over: the path is the runtime's
     # Unlink the path only while it still names our socket, not a successor's.
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         if os.stat(path).st_ino == inode:
             os.unlink(path)
 
 
 def _warm_up() -> None:
-    """Import what the first operations need while nobody waits for it: the
-    agent listens first, since readiness is on the sandbox-creation path."""
-    from sandbank.agent import files, processes  # noqa: F401
+    """Import what the operations need while nobody waits for it; only after the
+    first answer, so that the readiness ping never competes for the interpreter."""
+    with _before_first_answer:
+        pass
+    from sandbank.agent import files, processes, reaper, system  # noqa: F401
+
+    reaper.get()
 
 
-def _serve(listener: socket.socket, reaper: Reaper) -> None:
+def _serve(listener: _socket.socket) -> None:
     # A signal may land on any thread, and Python runs its handler on the main
     # thread only once that thread runs Python code: a bare accept() could sleep
     # through SIGTERM. The wakeup fd makes the poll below return for it.
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     poller = select.poll()
     poller.register(listener, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     while True:
         for fd, _ in poller.poll():
             if fd == wake_r:
-                with contextlib.suppress(BlockingIOError):
+                with suppress(BlockingIOError):
                     os.read(wake_r, 512)
             else:
-                _accept(listener, reaper)
+                _accept(listener)
 
 
-def _accept(listener: socket.socket, reaper: Reaper) -> None:
+def _accept(listener: _socket.socket) -> None:
     try:
-        sock, _ = listener.accept()
+        # The C socket's accept: a descriptor (close-on-exec), not a socket object.
+        fd, _ = listener._accept()  # type: ignore[attr-defined]
+    except BlockingIOError:
+        return
     except OSError as exc:
         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
             log(f"accept: {exc}; retrying")
             time.sleep(0.05)
             return
         raise
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
     try:
-        threading.Thread(target=_handle, args=(sock, reaper), daemon=True).start()
+        _thread.start_new_thread(_handle, (sock,))
     except RuntimeError as exc:  # no thread to be had: refuse this one, keep serving
         log(f"cannot start a handler thread: {exc}")
         sock.close()
 
 
-def _handle(sock: socket.socket, reaper: Reaper) -> None:
+def _handle(sock: _socket.socket) -> None:
     conn = Conn(sock)
     try:
         try:
             req = conn.recv_json()
         except ValueError as exc:
-            raise errors.BadRequest(f"the request is not a JSON object: {exc}") from None
-        _dispatch(conn, req, reaper)
+            raise _errors().BadRequest(f"the request is not a JSON object: {exc}") from None
+        _dispatch(conn, req)
     except (FrameError, ConnectionError):
         pass  # the client hung up; every operation has cleaned up after itself
-    except errors.SandbankError as exc:
-        _answer(conn, exc)
-    except OSError as exc:
-        _answer(conn, os_error(exc))
     except Exception as exc:
+        _fail(conn, exc)
+    finally:
+        sock.close()
+        if _before_first_answer.locked():
+            with suppress(RuntimeError):  # another handler let go of it first
+                _before_first_answer.release()
+
+
+def _errors() -> Any:
+    from sandbank import errors
+
+    return errors
+
+
+def _fail(conn: Conn, exc: Exception) -> None:
+    errors = _errors()
+    if isinstance(exc, errors.SandbankError):
+        _answer(conn, exc)
+    elif isinstance(exc, OSError):
+        from sandbank.agent.base import os_error
+
+        _answer(conn, os_error(exc))
+    else:
         import traceback
 
         log(f"operation failed:\n{traceback.format_exc()}")
         _answer(conn, errors.RuntimeFailure(f"agent error: {exc!r}"))
-    finally:
-        sock.close()
 
 
 def _answer(conn: Conn, exc: errors.SandbankError) -> None:
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         conn.fail(exc)
 
 
-def _dispatch(conn: Conn, req: dict[str, Any], reaper: Reaper) -> None:
+def _dispatch(conn: Conn, req: dict[str, Any]) -> None:
     op = req.get("op")
     if op == "ping":
         conn.ok(pid=os.getpid(), version=VERSION)
@@ -218,7 +287,12 @@ def _dispatch(conn: Conn, req: dict[str, Any], reaper: Reaper) -> None:
     if op == "exec":
         from sandbank.agent import processes
 
-        processes.run(conn, req, reaper)
+        processes.run(conn, req)
+        return
+    if op == "hostname":
+        from sandbank.agent import system
+
+        system.hostname(conn, req)
         return
     from sandbank.agent import files
 
@@ -232,5 +306,5 @@ def _dispatch(conn: Conn, req: dict[str, Any], reaper: Reaper) -> None:
         "remove": files.remove,
     }.get(op if isinstance(op, str) else "")
     if handler is None:
-        raise errors.BadRequest(f"unknown operation {op!r}")
+        raise _errors().BadRequest(f"unknown operation {op!r}")
     handler(conn, req)

@@ -26,6 +26,7 @@ Operations:
 ``move``   {src, dst, user} -> ok+entry
 ``mkdir``  {path, user} -> ok+created+entry
 ``remove`` {path, recursive} -> ok
+``hostname`` {name} -> ok (/etc/hostname and the ``127.0.1.1`` line of /etc/hosts)
 
 An entry is ``{name, path, type, size, mode, permissions, owner, group, modified_at,
 symlink_target}``; ``type`` is ``file``, ``dir``, ``symlink`` or ``other``;
@@ -55,19 +56,22 @@ Details every implementation keeps:
 * ``mkdir`` creates parents; ``created`` is false if the directory was there.
 * ``remove`` refuses ``/``; a non-empty directory needs ``recursive``
   (``conflict`` otherwise).
+* ``hostname`` rewrites the files only, keeping every other line of /etc/hosts
+  (a ``127.0.1.1`` line is added if there is none). The kernel's hostname is the
+  runtime's to set: a container's agent lacks CAP_SYS_ADMIN.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 
 # Annotation-only imports: the agent starts on every sandbox's critical path and
 # importing asyncio alone costs it tens of milliseconds.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
     import asyncio
-    import socket
+    from collections.abc import Callable
     from typing import Any
 
 VERSION = "1"
@@ -93,18 +97,104 @@ class FrameError(Exception):
     """The peer sent something that is not a frame, or hung up mid-frame."""
 
 
+# -- JSON ------------------------------------------------------------------------
+#
+# ``import json`` costs the agent ~8 ms of every sandbox start: the package
+# compiles regular expressions for its pure-Python fallbacks, which pulls in re,
+# enum, functools and collections. The C accelerator that json itself runs on
+# needs none of that, so frames are coded with it directly, exactly as
+# ``json.dumps(obj, separators=(",", ":"))`` and ``json.loads`` would; where it is
+# missing or different (another interpreter), json itself is used.
+
+_WHITESPACE = " \t\n\r"
+
+
+def _not_serializable(obj: object) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+class _ScanContext:
+    """What ``_json.make_scanner`` reads from a JSONDecoder: its defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {
+        "-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")
+    }.__getitem__  # fmt: skip
+    memo: dict[str, str] = {}
+
+
+def _c_codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
+    import _json
+
+    encoder = _json.make_encoder(
+        None, _not_serializable, _json.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+    # The scanner reads its settings off a JSONDecoder; this stands in for one.
+    scanner = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]
+
+    def dumps(obj: Any) -> str:
+        return "".join(encoder(obj, 0))
+
+    def loads(text: str) -> Any:
+        start = len(text) - len(text.lstrip(_WHITESPACE))
+        try:
+            obj, end = scanner(text, start)
+        except StopIteration as exc:
+            raise ValueError(f"Expecting value: char {exc.value}") from None
+        if text[end:].strip(_WHITESPACE):
+            raise ValueError(f"Extra data: char {end}")
+        return obj
+
+    return dumps, loads
+
+
+def _py_codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
+    import json
+
+    def dumps(obj: Any) -> str:
+        return json.dumps(obj, separators=(",", ":"))
+
+    return dumps, json.loads
+
+
+def _codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
+    sample = {"s": "\u00e9\n\"", "n": [1, -2.5, None, True, False, 10**20], "d": {}}
+    text = '{"s":"\\u00e9\\n\\"","n":[1,-2.5,null,true,false,100000000000000000000],"d":{}}'
+    try:
+        dumps, loads = _c_codec()
+        if dumps(sample) == text and loads(f" {text} ") == sample:
+            return dumps, loads
+    except Exception:  # an interpreter without the accelerator, or with another one
+        pass
+    return _py_codec()
+
+
+json_dumps, json_loads = _codec()
+
+
 def encode(kind: bytes, payload: bytes = b"") -> bytes:
     return HEADER.pack(kind, len(payload)) + payload
 
 
 def encode_json(obj: dict[str, Any]) -> bytes:
-    return encode(JSON, json.dumps(obj, separators=(",", ":")).encode())
+    return encode(JSON, json_dumps(obj).encode())
+
+
+def decode_json(payload: bytes) -> dict[str, Any]:
+    obj = json_loads(payload.decode("utf-8", "surrogatepass"))
+    if not isinstance(obj, dict):
+        raise FrameError("JSON frame is not an object")
+    return obj
 
 
 # -- blocking side (the agent) -------------------------------------------------
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: _socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
@@ -114,24 +204,21 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def recv_frame(sock: socket.socket) -> tuple[bytes, bytes]:
+def recv_frame(sock: _socket.socket) -> tuple[bytes, bytes]:
     kind, length = HEADER.unpack(_recv_exact(sock, HEADER.size))
     if length > MAX_FRAME:
         raise FrameError(f"frame of {length} bytes is too large")
     return kind, _recv_exact(sock, length) if length else b""
 
 
-def recv_json(sock: socket.socket) -> dict[str, Any]:
+def recv_json(sock: _socket.socket) -> dict[str, Any]:
     kind, payload = recv_frame(sock)
     if kind != JSON:
         raise FrameError(f"expected a JSON frame, got {kind!r}")
-    obj = json.loads(payload)
-    if not isinstance(obj, dict):
-        raise FrameError("JSON frame is not an object")
-    return obj
+    return decode_json(payload)
 
 
-def send_json(sock: socket.socket, obj: dict[str, Any]) -> None:
+def send_json(sock: _socket.socket, obj: dict[str, Any]) -> None:
     sock.sendall(encode_json(obj))
 
 
@@ -156,7 +243,4 @@ async def read_json(reader: asyncio.StreamReader) -> dict[str, Any]:
     kind, payload = await read_frame(reader)
     if kind != JSON:
         raise FrameError(f"expected a JSON frame, got {kind!r}")
-    obj = json.loads(payload)
-    if not isinstance(obj, dict):
-        raise FrameError("JSON frame is not an object")
-    return obj
+    return decode_json(payload)

@@ -66,6 +66,7 @@ async def run(
     timeout: float = 60.0,
     check: bool = True,
     stdin: bytes | None = None,
+    stdin_fd: int | None = None,
     output: IO[bytes] | None = None,
     new_session: bool = False,
     cwd: Path | None = None,
@@ -73,6 +74,7 @@ async def run(
 ) -> ProcResult:
     """Run ``argv`` to completion.
 
+    ``stdin_fd``: an open descriptor to give the process as its stdin.
     ``output``: an open file that receives both stdout and stderr instead of
     pipes; used for processes that outlive the call (``runc run -d`` hands its
     stdio to the container, and a pipe would then never reach EOF).
@@ -85,12 +87,16 @@ async def run(
     args = [os.fspath(a) for a in argv]
     if on_line is not None and (stdin is not None or output is not None):
         raise ValueError("on_line reads the output itself: no stdin or output with it")
+    if stdin is not None and stdin_fd is not None:
+        raise ValueError("stdin is either bytes or a descriptor, not both")
     started = time.monotonic()
     pipe, merged = asyncio.subprocess.PIPE, asyncio.subprocess.STDOUT
     try:
         proc = await asyncio.create_subprocess_exec(
             *args,
-            stdin=pipe if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdin=pipe if stdin is not None else (
+                asyncio.subprocess.DEVNULL if stdin_fd is None else stdin_fd
+            ),
             stdout=output if output is not None else pipe,
             stderr=output if output is not None else (merged if on_line else pipe),
             env=dict(BASE_ENV if env is None else env),

@@ -4,6 +4,11 @@ agent's unix socket.
 Every operation opens its own connection and closes it when done. Nothing
 outlives an operation, so the agent can be checkpointed, restored or restarted
 between two calls, and the server can restart without telling it.
+
+Connections are plain non-blocking sockets driven by the event loop's socket
+calls, with a read-ahead buffer of their own: asyncio's streams would cost each
+operation a transport, a protocol and a closing handshake (~0.1 ms of a 1 ms
+exec).
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,14 +27,15 @@ from sandbank.protocol.agent import (
     CHUNK,
     DATA,
     END,
+    HEADER,
     JSON,
+    MAX_FRAME,
     STDERR,
     STDOUT,
     FrameError,
+    decode_json,
     encode,
     encode_json,
-    read_frame,
-    read_json,
 )
 from sandbank.runtime.base import ExecResult, ExecSpec, FileEntry
 
@@ -40,10 +46,51 @@ MAX_UNIX_PATH = 107
 EXEC_MARGIN = 15.0
 #: Pause between connection attempts while waiting for a fresh agent.
 READY_POLL = 0.0015
-#: Read buffer; above CHUNK so a whole data frame fits without extra wakeups.
+#: Bytes asked for per read; above CHUNK so a whole data frame fits in one.
 STREAM_LIMIT = 1024 * 1024
 
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+class _Link:
+    """One connection to the agent: a non-blocking socket and what was read ahead."""
+
+    __slots__ = ("_buf", "_loop", "sock")
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = sock
+        self._loop = loop
+        self._buf = bytearray()
+
+    async def send(self, data: bytes) -> None:
+        await self._loop.sock_sendall(self.sock, data)
+
+    async def frame(self) -> tuple[bytes, bytes]:
+        await self._fill(HEADER.size)
+        kind, length = HEADER.unpack_from(self._buf)
+        if length > MAX_FRAME:
+            raise FrameError(f"frame of {length} bytes is too large")
+        end = HEADER.size + length
+        await self._fill(end)
+        payload = bytes(self._buf[HEADER.size : end])
+        del self._buf[:end]
+        return kind, payload
+
+    async def json(self) -> dict[str, Any]:
+        kind, payload = await self.frame()
+        if kind != JSON:
+            raise FrameError(f"expected a JSON frame, got {kind!r}")
+        try:
+            return decode_json(payload)
+        except ValueError as exc:
+            raise FrameError(f"the agent sent malformed JSON: {exc}") from exc
+
+    async def _fill(self, size: int) -> None:
+        while len(self._buf) < size:
+            data = await self._loop.sock_recv(self.sock, STREAM_LIMIT)
+            if not data:
+                raise FrameError(
+                    "agent closed the connection mid-frame" if self._buf else "connection closed"
+                )
+            self._buf += data
 
 
 class AgentClient:
@@ -55,38 +102,45 @@ class AgentClient:
 
     # -- connections ---------------------------------------------------------------
 
-    async def _connect(self) -> Streams:
+    async def _connect(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
             if len(os.fsencode(self.socket_path)) <= MAX_UNIX_PATH:
-                return await asyncio.open_unix_connection(self.socket_path, limit=STREAM_LIMIT)
-            # Too long for sun_path: go through a descriptor of the directory,
-            # which the kernel resolves back to the same place.
-            dirfd = os.open(self.socket_path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                short = f"/proc/self/fd/{dirfd}/{self.socket_path.name}"
-                return await asyncio.open_unix_connection(short, limit=STREAM_LIMIT)
-            finally:
-                os.close(dirfd)
+                await loop.sock_connect(sock, str(self.socket_path))
+            else:
+                # Too long for sun_path: go through a descriptor of the directory,
+                # which the kernel resolves back to the same place.
+                flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+                dirfd = os.open(self.socket_path.parent, flags)
+                try:
+                    short = f"/proc/self/fd/{dirfd}/{self.socket_path.name}"
+                    await loop.sock_connect(sock, short)
+                finally:
+                    os.close(dirfd)
         except OSError as exc:
+            sock.close()
             raise SandboxUnavailable(
                 f"the agent at {self.socket_path} is not answering: {exc.strerror or exc}"
             ) from exc
+        except BaseException:
+            sock.close()
+            raise
+        return _Link(sock, loop)
 
     @contextlib.asynccontextmanager
-    async def _open(self, request: dict[str, Any]) -> AsyncIterator[Streams]:
+    async def _open(self, request: dict[str, Any]) -> AsyncIterator[_Link]:
         """A connection with ``request`` sent; broken connections become
         ``SandboxUnavailable``, and the connection is always closed."""
-        reader, writer = await self._connect()
+        link = await self._connect()
         try:
-            writer.write(encode_json(request))
-            await writer.drain()
-            yield reader, writer
-        except (FrameError, ConnectionError, json.JSONDecodeError) as exc:
+            await link.send(encode_json(request))
+            yield link
+        except (FrameError, ConnectionError) as exc:
             raise SandboxUnavailable(f"lost the agent at {self.socket_path}: {exc}") from exc
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            link.sock.close()
 
     @staticmethod
     def _checked(header: dict[str, Any]) -> dict[str, Any]:
@@ -98,13 +152,17 @@ class AgentClient:
         raise from_code(code, message, **details)
 
     async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
-        async with self._open(request) as (reader, _):
-            return self._checked(await read_json(reader))
+        async with self._open(request) as link:
+            return self._checked(await link.json())
 
     # -- readiness -----------------------------------------------------------------
 
     async def ping(self) -> dict[str, Any]:
         return await self._call({"op": "ping"})
+
+    async def set_hostname(self, name: str) -> None:
+        """Put the sandbox's name in its /etc/hostname and /etc/hosts (not the kernel's)."""
+        await self._call({"op": "hostname", "name": name})
 
     async def wait_ready(self, timeout: float) -> None:
         """Return once the agent answers a ping; ``SandboxUnavailable`` after ``timeout``."""
@@ -143,10 +201,10 @@ class AgentClient:
         stdout, stderr = bytearray(), bytearray()
         truncated = False
         try:
-            async with asyncio.timeout(limit), self._open(request) as (reader, _):
-                header = self._checked(await read_json(reader))
+            async with asyncio.timeout(limit), self._open(request) as link:
+                header = self._checked(await link.json())
                 while True:
-                    kind, payload = await read_frame(reader)
+                    kind, payload = await link.frame()
                     if kind in (STDOUT, STDERR):
                         # Keep the head of each stream up to the cap and keep
                         # draining, so a chatty command cannot exhaust our memory.
@@ -157,7 +215,10 @@ class AgentClient:
                         if room > 0:
                             buf += payload[:room]
                     elif kind == JSON:
-                        done = json.loads(payload)
+                        try:
+                            done = decode_json(payload)
+                        except ValueError as exc:
+                            raise FrameError(f"malformed exit frame: {exc}") from exc
                         break
                     else:
                         raise FrameError(f"unexpected {kind!r} frame during exec")
@@ -177,11 +238,11 @@ class AgentClient:
         )
 
     async def read_file(self, path: str) -> AsyncIterator[bytes]:
-        async with self._open({"op": "read", "path": path}) as (reader, _):
+        async with self._open({"op": "read", "path": path}) as link:
             # The header decides before the first chunk: a missing file raises here.
-            self._checked(await read_json(reader))
+            self._checked(await link.json())
             while True:
-                kind, payload = await read_frame(reader)
+                kind, payload = await link.frame()
                 if kind == END:
                     return
                 if kind != DATA:
@@ -197,21 +258,19 @@ class AgentClient:
         mode: int | None = None,
     ) -> FileEntry:
         request = {"op": "write", "path": path, "user": user, "mode": mode}
-        async with self._open(request) as (reader, writer):
+        async with self._open(request) as link:
             # The agent may refuse before the stream ends (a directory, a full
             # disk): its answer is read concurrently, and sending stops once it comes.
-            answer = asyncio.ensure_future(read_json(reader))
+            answer = asyncio.ensure_future(link.json())
             try:
                 async for chunk in chunks:
                     if answer.done():
                         break
                     for start in range(0, len(chunk), CHUNK):
-                        writer.write(encode(DATA, chunk[start : start + CHUNK]))
-                    await writer.drain()
+                        await link.send(encode(DATA, chunk[start : start + CHUNK]))
                 else:
                     if not answer.done():
-                        writer.write(encode(END))
-                        await writer.drain()
+                        await link.send(encode(END))
             except BaseException:
                 # The data source failed (the uploader went away): closing
                 # without Z makes the agent discard everything it received.

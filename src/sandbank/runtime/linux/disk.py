@@ -4,6 +4,12 @@ The image's size is the sandbox's disk limit: a write past it fails with
 ENOSPC inside the sandbox and nowhere else. Formatting is cheap (~11 ms for
 1 GB) but not free, so a small pool of pre-formatted images per size is kept
 warm in the background and ``create`` only has to rename one into place.
+
+A disk lives exactly as long as its sandbox and is deleted with it; a host
+that crashes takes every sandbox with it. So nothing is paid for surviving a
+crash: no journal (no jbd2 thread, no double writes), no write barriers (an
+fsync inside a sandbox is not a flush of the host's disk), and no background
+zeroing of inode tables (which would also fill the sparse image).
 """
 
 from __future__ import annotations
@@ -13,15 +19,20 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from sandbank.runtime import _proc
-from sandbank.runtime.linux import mounts
+from sandbank.runtime.linux import kernel
 
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
+MOUNT_FLAGS = kernel.MS_NOATIME | kernel.MS_NODEV
+MOUNT_OPTIONS = "nobarrier,noinit_itable"
+#: How long teardown waits for the kernel to let go of a disk's loop device.
+RELEASE_SECONDS = 5.0
 
 
 async def format_image(path: Path, size_gb: int, owner: int) -> None:
@@ -34,17 +45,22 @@ async def format_image(path: Path, size_gb: int, owner: int) -> None:
         fh.truncate(size_gb * GIB)
     await _proc.run(
         [
-            "mkfs.ext4", "-q", "-F", "-m", "0",
-            "-E", f"root_owner={owner}:{owner},lazy_itable_init=1,lazy_journal_init=1",
+            "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+            "-E", f"root_owner={owner}:{owner},lazy_itable_init=1",
             str(path),
         ],
         timeout=120,
     )  # fmt: skip
 
 
-async def mount_image(image: Path, point: Path) -> None:
-    # "loop" lets mount(8) attach a loop device with autoclear: unmounting detaches it.
-    await mounts.mount(["-t", "ext4", "-o", "loop,noatime,nodev", str(image), str(point)])
+def mount_image(image: Path, point: Path) -> None:
+    """Loop-mount ``image`` at ``point`` (system calls, ~1 ms: no mount(8) process)."""
+    device, fd = kernel.attach_loop(image)
+    try:
+        kernel.mount(device, point, "ext4", MOUNT_FLAGS, MOUNT_OPTIONS)
+    finally:
+        # The mount holds the device now; without one, this close releases it.
+        os.close(fd)
 
 
 def loops_backed_by(image: Path) -> list[str]:
@@ -59,9 +75,21 @@ def loops_backed_by(image: Path) -> list[str]:
     return found
 
 
-async def detach_loops(image: Path) -> None:
-    for dev in loops_backed_by(image):
-        await _proc.run(["losetup", "-d", dev], check=False, timeout=30)
+async def detach_loops(image: Path, timeout: float = RELEASE_SECONDS) -> None:
+    """Unbind every loop device of ``image`` and wait until the kernel has.
+
+    After the last unmount the device clears itself, but a reference the
+    unmount did not drop itself (a dying sandbox's open file) can delay that
+    by a moment; teardown must not report a device that is about to go.
+    """
+    deadline = time.monotonic() + timeout
+    while devices := loops_backed_by(image):
+        for dev in devices:
+            with contextlib.suppress(FileNotFoundError):
+                kernel.detach_loop(dev, image)
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.005)
 
 
 class DiskPool:
@@ -103,7 +131,11 @@ class DiskPool:
             tmp.unlink(missing_ok=True)
 
     async def take(self, size_gb: int, dest: Path) -> bool:
-        """Put a formatted image of ``size_gb`` at ``dest``; True if it came from the pool."""
+        """Put a formatted image of ``size_gb`` at ``dest``; True if it came from the pool.
+
+        The pool is not refilled here: formatting competes for the CPU with the
+        rest of the create, so the caller calls ``refill`` once it is done.
+        """
         pooled = False
         if self.depth > 0:
             self.sizes.add(size_gb)
@@ -115,7 +147,6 @@ class DiskPool:
                     continue
                 pooled = True
                 break
-            self.refill(size_gb)
         if not pooled:
             await format_image(dest, size_gb, self.owner)
         return pooled

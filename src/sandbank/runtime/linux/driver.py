@@ -21,20 +21,23 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
-from sandbank.errors import InvalidState, RuntimeFailure, SandboxNotFound
+from sandbank.errors import InvalidState, RuntimeFailure, SandboxNotFound, SandboxUnavailable
 from sandbank.runtime.agent_client import AgentClient
 from sandbank.runtime.base import SandboxChannel, SandboxSpec, SandboxUsage, TemplateInfo
 from sandbank.runtime.linux import (
     agentlib,
+    cgroups,
+    customize,
     disk,
     fsflags,
     mounts,
     oci,
-    overlay,
+    rootfs,
     seccomp,
     teardown,
 )
-from sandbank.runtime.linux.cgroups import Cgroup, CgroupLayout, make_room
+from sandbank.runtime.linux.accounting import UsageReader
+from sandbank.runtime.linux.cgroups import Cgroup, CgroupLayout, Limits, make_room
 from sandbank.runtime.linux.layout import (
     MAX_SOCKET_PATH,
     SandboxDir,
@@ -97,7 +100,8 @@ class LinuxRuntime:
             weakref.WeakValueDictionary()
         )
         self._channels: dict[str, AgentClient] = {}
-        self._cpu_samples: dict[str, tuple[float, float]] = {}
+        self._usage = UsageReader()
+        self._cpus = customize.CpuSpread([])
         #: Seconds per create phase, by sandbox id (for benchmarks and the debug log).
         self.timings: dict[str, dict[str, float]] = {}
 
@@ -139,6 +143,7 @@ class LinuxRuntime:
         self.cgroup_parent = make_room(self.layout, self.layout.parent_path())
         binary = pick_binary(self.oci_setting, unified_cgroups=self.layout.version == 2)
         self._oci = OciCli(binary, self.data_dir / "runc")
+        self._cpus = customize.CpuSpread(sorted(os.sched_getaffinity(0)))
         await asyncio.to_thread(agentlib.assemble, self.agent_lib)
         self.pool.start()
         log.info(
@@ -146,6 +151,9 @@ class LinuxRuntime:
             binary, self.layout.version, " (hybrid)" if self.layout.hybrid else "",
             self.cgroup_parent,
         )  # fmt: skip
+        if not cgroups.favors_dynmods():
+            log.info("no cgroup mount has favordynmods: each sandbox start waits 5-15 ms for an "
+                     "RCU grace period (see cgroups.favors_dynmods)")  # fmt: skip
 
     async def close(self) -> None:
         # Sandboxes keep running: they outlive the server by design.
@@ -208,6 +216,7 @@ class LinuxRuntime:
             try:
                 await self._build(spec, box, lower, mark)
             except BaseException as exc:
+                self.pool.refill(spec.disk_gb)
                 detail = box.log_tail()
                 errors = await teardown.destroy(self._target(spec.id))
                 if errors:
@@ -218,6 +227,8 @@ class LinuxRuntime:
                 if detail:
                     msg += f"\nagent.log:\n{detail}"
                 raise RuntimeFailure(msg) from exc
+            # After the create, not during it: formatting competes for the CPU.
+            self.pool.refill(spec.disk_gb)
             self.timings[spec.id] = marks
             log.debug("created %s: %s", spec.id, {k: round(v * 1000, 1) for k, v in marks.items()})
 
@@ -226,52 +237,92 @@ class LinuxRuntime:
     ) -> None:
         box.root.mkdir(mode=0o711)
         cgroups_path = f"{self.cgroup_parent.rstrip('/')}/sandbank/{spec.id}"
-        pids = spec.pids_limit
-        if self.pids_ceiling > 0:
-            pids = min(pids, self.pids_ceiling) if pids > 0 else self.pids_ceiling
+        pids = self._pids(spec.pids_limit)
         record = SandboxRecord(
             id=spec.id, cgroups_path=cgroups_path, lower=str(lower),
             oci_binary=self.ocicli.binary, disk_gb=spec.disk_gb, memory_mb=spec.memory_mb,
-            pids_limit=pids, created_at=time.time(),
+            pids_limit=pids, created_at=time.time(), vcpu=spec.vcpu, hostname=spec.hostname,
         )  # fmt: skip
         record.save(box.record)
         mark("prepare")
         await self.pool.take(spec.disk_gb, box.image)
         mark("disk image")
-        box.disk.mkdir()
-        await disk.mount_image(box.image, box.disk)
-        mark("mount disk")
-        upper, work = overlay.prepare_upper(box.disk, oci.ID_SHIFT)
-        box.rootfs.mkdir()
-        await overlay.mount_overlay(lower, upper, work, box.rootfs)
-        mark("mount overlay")
-        overlay.write_identity(box.rootfs, spec.hostname, oci.ID_SHIFT)
-        box.run.mkdir(mode=0o755)
-        os.chown(box.run, oci.ID_SHIFT, oci.ID_SHIFT)
-        config = oci.build_config(
-            dataclasses.replace(spec, pids_limit=pids),
-            cgroups_path=cgroups_path,
-            run_dir=box.run,
-            agent_lib=self.agent_lib,
-            swap_limit=self.cgroups.swap_limit_supported(self.cgroup_parent),
-            seccomp=seccomp.profile(),
-        )
-        box.config.write_text(json.dumps(config, indent=1))
-        mark("config")
-        await self.ocicli.run_detached(spec.id, box.root, box.log, timeout=60)
+        await asyncio.to_thread(rootfs.assemble, box, lower, spec.hostname, mark)
+        listener = rootfs.listen(box)
+        try:
+            config = oci.build_config(
+                dataclasses.replace(spec, pids_limit=pids),
+                cgroups_path=cgroups_path,
+                run_dir=box.run,
+                agent_lib=self.agent_lib,
+                swap_limit=self.cgroups.swap_limit_supported(self.cgroup_parent),
+                seccomp=seccomp.profile(),
+            )
+            box.config.write_text(json.dumps(config, separators=(",", ":")))
+            mark("config")
+            # The listener goes in as the container's stdin; runc hands it to the agent.
+            await self.ocicli.run_detached(
+                spec.id, box.root, box.log, timeout=60, stdin=listener.fileno()
+            )
+        finally:
+            # Only the agent may hold it now: were it to die, our copy would keep
+            # connections waiting in the backlog instead of failing them.
+            listener.close()
         mark("oci run")
         client = AgentClient(box.socket)
         await client.wait_ready(timeout=self.ready_timeout)
-        # The agent listens; from now on nothing inside may touch the socket's directory.
-        fsflags.seal(box.run)
+        # Pinned to its CPUs only now: set in the config, it would also pin the
+        # agent's start-up, to share one CPU with the exiting OCI runtime (~2 ms).
+        self.cgroups.cgroup(cgroups_path).set_cpus(self._cpus.pick(spec.vcpu))
         self._channels[spec.id] = client
         mark("agent ready")
+
+    def _pids(self, wanted: int) -> int:
+        """The pids limit a sandbox gets: what it asks for, under the host-wide ceiling."""
+        if self.pids_ceiling > 0:
+            return min(wanted, self.pids_ceiling) if wanted > 0 else self.pids_ceiling
+        return wanted
+
+    async def customize(self, spec: SandboxSpec) -> None:
+        box = self._box(spec.id)
+        async with self._lock(spec.id):
+            record = SandboxRecord.load(box.record)
+            if record is None:
+                raise SandboxNotFound(f"sandbox {spec.id} does not exist")
+            agent = await self.ocicli.init_process(spec.id)
+            if agent is None:
+                raise SandboxUnavailable(f"sandbox {spec.id} is not running")
+            if spec.disk_gb != record.disk_gb:
+                raise InvalidState(
+                    f"sandbox {spec.id} has a {record.disk_gb} GB disk; its size cannot change"
+                )
+            hostname = customize.check_hostname(spec.hostname)
+            cg = self.cgroups.cgroup(record.cgroups_path)
+            limits = Limits(
+                cpu_quota=oci.cpu_quota(spec.vcpu), cpu_period=oci.CPU_PERIOD,
+                cpus=self._cpus.pick(spec.vcpu, cg.cpus()), memory=spec.memory_mb * oci.MIB,
+                no_swap=True, pids=self._pids(spec.pids_limit),
+            )  # fmt: skip
+            customize.set_limits(cg, limits, spec.id)
+            record = dataclasses.replace(
+                record, vcpu=spec.vcpu, memory_mb=spec.memory_mb, pids_limit=limits.pids
+            )
+            try:
+                if hostname != record.hostname:
+                    client = self._channels.get(spec.id) or AgentClient(box.socket)
+                    await asyncio.gather(
+                        customize.set_uts_hostname(*agent, hostname), client.set_hostname(hostname)
+                    )
+                    record = dataclasses.replace(record, hostname=hostname)
+            finally:
+                # The limits are in force whatever became of the name.
+                record.save(box.record)
 
     async def destroy(self, sandbox_id: str) -> None:
         async with self._lock(check_id(sandbox_id)):
             target = self._target(sandbox_id)
             self._channels.pop(sandbox_id, None)
-            self._cpu_samples.pop(sandbox_id, None)
+            self._usage.forget(sandbox_id)
             self.timings.pop(sandbox_id, None)
             errors = await teardown.destroy(target)
             left = teardown.leftovers(target)
@@ -295,24 +346,7 @@ class LinuxRuntime:
         return {i for i in ids if is_valid_id(i)}
 
     async def is_alive(self, sandbox_id: str) -> bool:
-        """The container's init (the agent) still runs; runc's state file is read
-        directly (no process spawned), other runtimes are asked."""
-        state = self.ocicli.saved_state(check_id(sandbox_id))
-        if state is None:
-            if not self.ocicli.state_dir(sandbox_id).exists():
-                return False
-            full = await self.ocicli.state(sandbox_id)
-            return full is not None and full.get("status") == "running"
-        pid, start = state.get("init_process_pid"), state.get("init_process_start")
-        if not isinstance(pid, int) or pid <= 0:
-            return False
-        try:
-            proc_stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        fields = proc_stat.rsplit(")", 1)[-1].split()
-        # fields[0] is the state, fields[19] the start time: a recycled pid has another.
-        return fields[0] not in ("Z", "X") and (start is None or int(fields[19]) == int(start))
+        return await self.ocicli.init_process(check_id(sandbox_id)) is not None
 
     async def adopt(self, sandbox_id: str) -> bool:
         state = await self.ocicli.state(check_id(sandbox_id))
@@ -349,30 +383,9 @@ class LinuxRuntime:
         record = SandboxRecord.load(box.record)
         if record is None:
             raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
-        cg = self.cgroups.cgroup(record.cgroups_path)
         try:
-            now, cpu = time.monotonic(), cg.cpu_usage_seconds()
-            last = self._cpu_samples.get(sandbox_id)
-            if last is None:
-                # No earlier sample to compare with: take two, 100 ms apart.
-                last = (now, cpu)
-                await asyncio.sleep(0.1)
-                now, cpu = time.monotonic(), cg.cpu_usage_seconds()
-            self._cpu_samples[sandbox_id] = (now, cpu)
-            elapsed = max(now - last[0], 1e-6)
-            if not os.path.ismount(box.disk):
-                raise FileNotFoundError(box.disk)
-            st = os.statvfs(box.disk)
-            return SandboxUsage(
-                # Percent of one CPU, like top: 200 means two cores busy.
-                cpu_percent=round(max(0.0, cpu - last[1]) / elapsed * 100, 1),
-                cpu_usage_seconds=cpu,
-                memory_bytes=cg.memory_current(),
-                memory_limit_bytes=cg.memory_limit(),
-                disk_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
-                disk_limit_bytes=st.f_blocks * st.f_frsize,
-                pids=cg.pids_current(),
-                pids_limit=cg.pids_max(),
+            return await self._usage.read(
+                sandbox_id, self.cgroups.cgroup(record.cgroups_path), box.disk
             )
         except FileNotFoundError as exc:
             raise SandboxNotFound(f"sandbox {sandbox_id} is not running") from exc

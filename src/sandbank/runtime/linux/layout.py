@@ -86,7 +86,9 @@ class SandboxDir:
 
 @dataclass(frozen=True)
 class SandboxRecord:
-    """Persisted in runtime.json before anything is created on the host."""
+    """Persisted in runtime.json before anything is created on the host, and
+    rewritten when ``customize`` changes the sandbox. Fields added later have
+    defaults, so records of sandboxes started by an older server still load."""
 
     id: str
     cgroups_path: str
@@ -96,6 +98,8 @@ class SandboxRecord:
     memory_mb: int
     pids_limit: int
     created_at: float
+    vcpu: float = 0.0
+    hostname: str = ""
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -106,6 +110,6 @@ class SandboxRecord:
     def load(cls, path: Path) -> SandboxRecord | None:
         try:
             data = json.loads(path.read_text())
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
         except (OSError, ValueError, KeyError, TypeError):
             return None

@@ -1,14 +1,15 @@
-"""Reading the host's mount table and mounting/unmounting through ``_proc``."""
+"""Reading the host's mount table, and unmounting."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandbank.errors import RuntimeFailure
-from sandbank.runtime import _proc
+from sandbank.runtime.linux import kernel
 
 
 @dataclass(frozen=True)
@@ -64,26 +65,29 @@ def check_option_safe(path: Path) -> None:
         raise RuntimeFailure(f"path {path} contains a character mount options cannot carry")
 
 
-async def mount(argv_tail: list[str], timeout: float = 30) -> None:
-    await _proc.run(["mount", *argv_tail], timeout=timeout)
-
-
 async def unmount(point: Path, timeout: float = 5.0) -> None:
-    """Unmount, retrying while busy; lazily detach as the last resort.
+    """Unmount every mount stacked at ``point``, retrying while busy; lazily
+    detach as the last resort.
 
     A mount stays busy for a moment after the processes using it died (their
     files are closed asynchronously), hence the retries.
     """
     deadline = time.monotonic() + timeout
-    while True:
-        if not is_mounted(point):
-            return
-        result = await _proc.run(["umount", str(point)], check=False, timeout=30)
-        if result.returncode == 0 or not is_mounted(point):
-            return
-        if time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(0.05)
-    result = await _proc.run(["umount", "--lazy", str(point)], check=False, timeout=30)
-    if result.returncode != 0 and is_mounted(point):
-        raise _proc.failure(result, f"unmounting {point}")
+    while is_mounted(point):
+        try:
+            kernel.umount(point)
+            continue
+        except OSError as exc:
+            # EINVAL: not a mount point (any more); ENOENT: gone altogether.
+            if exc.errno in (errno.EINVAL, errno.ENOENT):
+                return
+            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                break
+        await asyncio.sleep(0.02)
+    if not is_mounted(point):
+        return
+    try:
+        kernel.umount(point, kernel.MNT_DETACH)
+    except OSError as exc:
+        if is_mounted(point):
+            raise RuntimeFailure(f"unmounting {point} failed: {exc.strerror or exc}") from exc

@@ -6,6 +6,7 @@ container state lives with the rest of the data dir.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 from sandbank.errors import RuntimeFailure
 from sandbank.runtime import _proc
+from sandbank.runtime.linux import kernel
 
 
 def pick_binary(setting: str, unified_cgroups: bool) -> str:
@@ -49,18 +51,20 @@ class OciCli:
         return self.root / container_id
 
     async def run_detached(
-        self, container_id: str, bundle: Path, log: Path, timeout: float
+        self, container_id: str, bundle: Path, log: Path, timeout: float, stdin: int | None = None
     ) -> None:
         """Start the container without keeping it a child of the server.
 
         ``run -d`` returns once the container process is running; its stdio is
-        handed over to the container (stdin /dev/null, stdout/stderr the log),
-        and a new session keeps a terminal's signals to the server away from it.
+        handed over to the container (stdin the descriptor ``stdin`` or
+        /dev/null, stdout/stderr the log), and a new session keeps a terminal's
+        signals to the server away from it.
         """
         with open(log, "ab") as out:
             result = await _proc.run(
                 self._argv("run", "-d", "--bundle", str(bundle), container_id),
                 output=out,
+                stdin_fd=stdin,
                 new_session=True,
                 timeout=timeout,
                 check=False,
@@ -80,6 +84,19 @@ class OciCli:
         return await _proc.run(
             self._argv("delete", "--force", container_id), check=False, timeout=30
         )
+
+    async def delete_stopped(self, container_id: str) -> None:
+        """Delete a container none of whose processes runs any more.
+
+        runc keeps nothing of a stopped container but its state directory
+        (cgroups are the caller's to remove, and no hooks are configured), so
+        that is removed without spawning runc (~8 ms). Other runtimes, and a
+        container whose init still runs after all, go through ``delete``.
+        """
+        if self.saved_state(container_id) is None or await self.init_process(container_id):
+            await self.delete(container_id)
+            return
+        await asyncio.to_thread(shutil.rmtree, self.state_dir(container_id), True)
 
     async def list_ids(self) -> set[str]:
         if not self.root.is_dir():
@@ -104,3 +121,24 @@ class OciCli:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    async def init_process(self, container_id: str) -> tuple[int, int] | None:
+        """The container's init as (host pid, start time) while it runs; runc's
+        state file is read directly (no process spawned), other runtimes are asked."""
+        state = self.saved_state(container_id)
+        if state is None:
+            if not self.state_dir(container_id).exists():
+                return None
+            full = await self.state(container_id)
+            if full is None or full.get("status") != "running":
+                return None
+            pid, start = full.get("pid"), None
+        else:
+            pid, start = state.get("init_process_pid"), state.get("init_process_start")
+        if not isinstance(pid, int) or pid <= 0:
+            return None
+        now = kernel.process_start(pid)
+        # A recycled pid has another start time.
+        if now is None or (start is not None and int(start) != now):
+            return None
+        return pid, now

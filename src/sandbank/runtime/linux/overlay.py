@@ -6,7 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from sandbank.runtime.linux import mounts
+from sandbank.runtime.linux import kernel, mounts
 
 
 def prepare_upper(disk_point: Path, owner: int) -> tuple[Path, Path]:
@@ -22,12 +22,12 @@ def prepare_upper(disk_point: Path, owner: int) -> tuple[Path, Path]:
     return upper, work
 
 
-async def mount_overlay(lower: Path, upper: Path, work: Path, point: Path) -> None:
+def mount_overlay(lower: Path, upper: Path, work: Path, point: Path) -> None:
     for p in (lower, upper, work):
         mounts.check_option_safe(p)
     # nodev: device nodes are only usable through the /dev runc builds.
-    options = f"lowerdir={lower},upperdir={upper},workdir={work},nodev"
-    await mounts.mount(["-t", "overlay", "overlay", "-o", options, str(point)])
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    kernel.mount("overlay", point, "overlay", kernel.MS_NODEV, options)
 
 
 def write_identity(rootfs: Path, hostname: str, owner: int) -> None:

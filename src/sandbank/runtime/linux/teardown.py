@@ -76,9 +76,19 @@ async def destroy(target: Target) -> list[str]:
     box, oci, sid = target.box, target.oci, target.sandbox_id
 
     async def stop_container() -> None:
-        if oci.state_dir(sid).exists():
+        if not oci.state_dir(sid).exists():
+            return
+        # Killed through its cgroups first (no process to spawn): the OCI runtime's
+        # own `kill --all` costs a process, and `delete --force` of a running
+        # container sleeps 100 ms between its checks. Only then is it deleted.
+        survivors: set[int] = set()
+        for cg in target.cgroups:
+            survivors |= await cg.kill_all()
+        if survivors or not target.cgroups:
             await oci.kill_all(sid)
             await oci.delete(sid)
+        else:
+            await oci.delete_stopped(sid)
 
     async def kill_leftovers() -> None:
         for cg in target.cgroups:
