@@ -12,7 +12,6 @@ from __future__ import annotations
 import subprocess
 import time
 
-import httpx
 from _common import (
     PODMAN_IMAGE,
     PODMAN_LIMITS,
@@ -54,17 +53,6 @@ def time_to_interactive(srv: ServerProcess, *, refilled: bool) -> list[float]:
     return samples
 
 
-def client_setup() -> list[float]:
-    """What each Sandbox.create spends before its request: a new httpx client
-    (whose SSL context is built even for http:// URLs)."""
-    samples = []
-    for _ in range(N):
-        t0 = time.perf_counter()
-        httpx.Client().close()
-        samples.append(time.perf_counter() - t0)
-    return samples
-
-
 def pool_counts(srv: ServerProcess) -> tuple[float, float]:
     hits = metric(srv, "sandbank_pool_hits_total", template="base")
     misses = sum(
@@ -101,7 +89,6 @@ def main() -> None:
     print(summary("sandbank pooled (refilled) -> run('true')", pooled))
     print(f"  {hit_rate(start, mid)}; server-side hand-out mean ", end="")
     print(f"{handout_sum / max(1, handout_count) * 1000:.2f} ms (quota, claim, limits, hostname)")
-    print(summary("  of which: the SDK's new httpx client", client_setup()))
     print(summary("sandbank pooled back to back", back_to_back))
     print(f"  {hit_rate(mid, end)}")
     print(summary("sandbank cold (no pool)", cold))
