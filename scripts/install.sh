@@ -13,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-apt_packages=(runc debootstrap e2fsprogs util-linux mount iproute2 procps python3 python3-venv python3-dev gcc)
+apt_packages=(runc debootstrap e2fsprogs util-linux mount iproute2 nftables procps python3 python3-venv python3-dev gcc)
 case "$profile" in
   test) apt_packages+=(tmux) ;;
   bench) apt_packages+=(podman) ;;

@@ -70,10 +70,11 @@ async def test_ps_sees_only_the_sandbox(harness: Harness, box: str) -> None:
     assert not any("pytest" in args for args in pids.values())
 
 
-async def test_hostname_and_loopback_only(harness: Harness, box: str) -> None:
+async def test_hostname_loopback_and_one_link(harness: Harness, box: str) -> None:
     assert await harness.out(box, "hostname") == "contract-box"
     links = (await harness.out(box, "ip -o link")).splitlines()
-    assert [line.split(":")[1].strip() for line in links] == ["lo"]
+    # eth0 is the sandbox's end of its veth pair (see test_network.py).
+    assert [line.split(":")[1].strip().split("@")[0] for line in links] == ["lo", "eth0"]
     assert "state UNKNOWN" in links[0] or "UP" in links[0]
 
 

@@ -8,15 +8,18 @@ from sandbank.client._async import AsyncAdminClient, AsyncSandbox
 from sandbank.client._sync import AdminClient, Sandbox
 from sandbank.client.exceptions import CommandExitError, ServerUnreachable
 from sandbank.client.models import (
+    ALL_TRAFFIC,
     ApiKeyInfo,
     CommandResult,
     EntryInfo,
+    NetworkInfo,
     SandboxInfo,
     SandboxMetrics,
     TemplateInfo,
 )
 
 __all__ = [
+    "ALL_TRAFFIC",
     "AdminClient",
     "ApiKeyInfo",
     "AsyncAdminClient",
@@ -24,6 +27,7 @@ __all__ = [
     "CommandExitError",
     "CommandResult",
     "EntryInfo",
+    "NetworkInfo",
     "Sandbox",
     "SandboxInfo",
     "SandboxMetrics",

@@ -40,6 +40,28 @@ class _Snapshot:
         return data
 
 
+#: ``deny_out=[ALL_TRAFFIC]`` with an ``allow_out`` list: only the allowed get out.
+ALL_TRAFFIC = "0.0.0.0/0"
+
+
+@dataclass(frozen=True)
+class NetworkInfo(_Snapshot):
+    """A sandbox's egress policy: ``allow_out`` wins over ``deny_out``."""
+
+    allow_internet_access: bool = True
+    allow_out: list[str] = field(default_factory=list)
+    deny_out: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> NetworkInfo:
+        data = data or {}
+        return cls(
+            allow_internet_access=bool(data.get("allow_internet_access", True)),
+            allow_out=list(data.get("allow_out") or []),
+            deny_out=list(data.get("deny_out") or []),
+        )
+
+
 @dataclass(frozen=True)
 class SandboxInfo(_Snapshot):
     id: str
@@ -57,6 +79,7 @@ class SandboxInfo(_Snapshot):
     terminal_url: str
     killed_at: datetime | None = None
     kill_reason: str | None = None
+    network: NetworkInfo = field(default_factory=NetworkInfo)
 
     @property
     def sandbox_id(self) -> str:
@@ -80,6 +103,7 @@ class SandboxInfo(_Snapshot):
             terminal_url=data.get("terminal_url", ""),
             killed_at=_optional_datetime(data.get("killed_at")),
             kill_reason=data.get("kill_reason"),
+            network=NetworkInfo.from_dict(data.get("network")),
         )
 
 

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sandbank.protocol.network import NetworkPolicy, make_policy
+
 SANDBOX_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -32,6 +34,20 @@ def _check_env(env: dict[str, str] | None) -> dict[str, str] | None:
     return env
 
 
+class NetworkBody(Strict):
+    """Egress lists: IPv4 addresses or CIDRs (``0.0.0.0/0`` is all traffic);
+    ``allow_out`` wins over ``deny_out``. See ``sandbank.protocol.network``."""
+
+    allow_out: list[str] | None = None
+    deny_out: list[str] | None = None
+
+
+def _policy(allow_internet_access: bool, body: NetworkBody | None) -> NetworkPolicy:
+    """The checked policy; ValueError (a 422 naming the entry) when it is not valid."""
+    body = body or NetworkBody()
+    return make_policy(allow_internet_access, body.allow_out or (), body.deny_out or ())
+
+
 class CreateSandboxRequest(Strict):
     template: str = "base"
     name: str | None = Field(default=None, max_length=128)
@@ -44,6 +60,9 @@ class CreateSandboxRequest(Strict):
     metadata: dict[str, str] | None = None
     #: Seconds until the sandbox is killed.
     timeout: int | None = None
+    #: False: no egress at all (no DNS either).
+    allow_internet_access: bool = True
+    network: NetworkBody | None = None
 
     @field_validator("env")
     @classmethod
@@ -70,6 +89,37 @@ class CreateSandboxRequest(Strict):
             raise ValueError("give vcpu or its alias cpu, not both with different values")
         return self
 
+    @model_validator(mode="after")
+    def _network(self) -> CreateSandboxRequest:
+        self.network_policy()
+        return self
+
+    def network_policy(self) -> NetworkPolicy:
+        return _policy(self.allow_internet_access, self.network)
+
+
+class NetworkRequest(Strict):
+    """``PUT /v1/sandboxes/{id}/network``: the whole policy, replacing the old one."""
+
+    allow_internet_access: bool = True
+    allow_out: list[str] | None = None
+    deny_out: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> NetworkRequest:
+        self.policy()
+        return self
+
+    def policy(self) -> NetworkPolicy:
+        body = NetworkBody(allow_out=self.allow_out, deny_out=self.deny_out)
+        return _policy(self.allow_internet_access, body)
+
+
+class NetworkOut(BaseModel):
+    allow_internet_access: bool = True
+    allow_out: list[str] = Field(default_factory=list)
+    deny_out: list[str] = Field(default_factory=list)
+
 
 class SandboxOut(BaseModel):
     id: str
@@ -87,6 +137,16 @@ class SandboxOut(BaseModel):
     terminal_url: str
     killed_at: datetime | None = None
     kill_reason: str | None = None
+    network: NetworkOut = Field(default_factory=NetworkOut)
+
+
+class PreviewOut(BaseModel):
+    """How to reach a port of the sandbox through the server: fill in ``{port}``.
+    The token is private to the sandbox's owner; the URLs carry it."""
+
+    token: str
+    url: str
+    host_url: str
 
 
 class SandboxList(BaseModel):

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from sandbank.protocol.network import NetworkPolicy
+
 FileType = Literal["file", "dir", "symlink", "other"]
 
 
@@ -27,6 +29,9 @@ class SandboxSpec:
     hostname: str
     pids_limit: int = 1024
     env: dict[str, str] = field(default_factory=dict)
+    #: Egress policy (a sandbox always has its own network namespace and
+    #: address); None: the default at create, unchanged at customize.
+    network: NetworkPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,13 @@ class Runtime(Protocol):
         and pids limits, hostname. The sandbox was started from a spec with the
         same template and disk size (a pre-started one being handed out);
         live resizing uses this too. Raises InvalidState when the new memory
-        limit is below what the sandbox uses now."""
+        limit is below what the sandbox uses now. A ``spec.network`` replaces the
+        egress policy (None leaves it)."""
+        ...
+
+    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Replace a running sandbox's egress policy atomically: new connections
+        follow it at once, open ones go on."""
         ...
 
     async def destroy(self, sandbox_id: str) -> None:
@@ -169,6 +180,10 @@ class Runtime(Protocol):
     def channel(self, sandbox_id: str) -> SandboxChannel: ...
 
     async def usage(self, sandbox_id: str) -> SandboxUsage: ...
+
+    async def endpoint(self, sandbox_id: str, port: int) -> tuple[str, int]:
+        """Where the host reaches TCP ``port`` of the running sandbox (preview URLs)."""
+        ...
 
     async def leftovers(self, sandbox_id: str) -> list[str]:
         """What of this sandbox still exists on the host (empty after destroy)."""

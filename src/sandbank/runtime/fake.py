@@ -7,6 +7,7 @@ Its channel understands a handful of commands (``echo``, ``true``, ``false``,
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import shlex
 import time
@@ -20,6 +21,7 @@ from sandbank.errors import (
     SandboxUnavailable,
     TemplateNotFound,
 )
+from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.base import (
     ExecResult,
     ExecSpec,
@@ -178,6 +180,12 @@ class FakeRuntime:
             raise SandboxUnavailable(f"sandbox {spec.id} is not running")
         box.spec = spec
 
+    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        box = self.boxes.get(sandbox_id)
+        if box is None or not box.alive:
+            raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
+        box.spec = dataclasses.replace(box.spec, network=policy)
+
     async def destroy(self, sandbox_id: str) -> None:
         if self.boxes.pop(sandbox_id, None) is not None:
             self.destroyed.append(sandbox_id)
@@ -211,6 +219,13 @@ class FakeRuntime:
             pids=1,
             pids_limit=spec.pids_limit,
         )
+
+    async def endpoint(self, sandbox_id: str, port: int) -> tuple[str, int]:
+        """The host's loopback: a test serves the "sandbox's" port there itself."""
+        box = self.boxes.get(sandbox_id)
+        if box is None or not box.alive:
+            raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
+        return "127.0.0.1", port
 
     async def leftovers(self, sandbox_id: str) -> list[str]:
         return [f"fake sandbox {sandbox_id}"] if sandbox_id in self.boxes else []

@@ -12,12 +12,13 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from sandbank.runtime.base import Runtime
-from sandbank.server.api import admin, errors, files, sandboxes, system
+from sandbank.server.api import admin, errors, files, preview, sandboxes, system
 from sandbank.server.api.deps import Services
 from sandbank.server.service.deadlines import DeadlineSweeper
 from sandbank.server.service.keys import DEFAULT_TENANT, KeyService
 from sandbank.server.service.policy import Limits, Quota
 from sandbank.server.service.pool import PoolConfig
+from sandbank.server.service.preview import PreviewGate
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
 from sandbank.server.settings import Settings
@@ -27,6 +28,8 @@ from sandbank.server.store.sql import SqlStore
 log = logging.getLogger("sandbank")
 
 ADMIN_KEY_FILE = "admin.key"
+#: The key preview tokens are signed with.
+PREVIEW_KEY_FILE = "preview.key"
 
 
 def utcnow() -> datetime:
@@ -125,9 +128,14 @@ def create_app(
 
     app = FastAPI(title="sandbank", version="0.1.0", lifespan=lifespan)
     app.state.services = Services(
-        sandboxes=service, keys=keys, telemetry=telemetry, base_url=settings.base_url
+        sandboxes=service,
+        keys=keys,
+        telemetry=telemetry,
+        base_url=settings.base_url,
+        preview=PreviewGate(store, runtime, Path(settings.data_dir) / PREVIEW_KEY_FILE),
     )
+    app.add_middleware(preview.PreviewHosts)
     errors.install(app)
-    for module in (system, sandboxes, files, admin):
+    for module in (system, sandboxes, files, admin, preview):
         app.include_router(module.router)
     return app

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     #: the sandbox just handed out.
     pool_refill_delay: float = Field(default=0.2, ge=0, le=60)
 
+    # Sandbox networking: each sandbox gets a /30 of network_cidr (its host
+    # side is its gateway and DNS address); DNS goes to network_dns, by default
+    # the host's own (non-loopback) resolvers.
+    network_cidr: str = "10.231.0.0/16"
+    network_dns: list[str] = Field(default_factory=list)
+
     # Lifetimes, in seconds.
     default_timeout: int = 300
     max_timeout: int = 7 * 24 * 3600

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, overload
 from urllib.parse import quote
@@ -13,7 +13,7 @@ import httpx
 from sandbank import errors
 
 from .._config import CREATE_TIMEOUT
-from ..models import SandboxInfo, SandboxMetrics
+from ..models import NetworkInfo, SandboxInfo, SandboxMetrics
 from ._http import AsyncApiConnection, QueryValue
 from .commands import AsyncCommands
 from .files import AsyncFilesystem
@@ -99,6 +99,8 @@ class AsyncSandbox:
         envs: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout: int | None = None,
+        allow_internet_access: bool | None = None,
+        network: Mapping[str, Sequence[str]] | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -107,6 +109,10 @@ class AsyncSandbox:
 
         Unset resources take the server's defaults. ``envs`` are set for every
         command run in it; ``metadata`` labels it for ``list`` filters.
+        ``allow_internet_access=False`` gives it no egress at all; ``network``
+        is ``{"allow_out": [...], "deny_out": [...]}`` of IPv4 addresses and
+        CIDRs, where allow wins over deny (``deny_out=[ALL_TRAFFIC]`` plus
+        ``allow_out`` is an allow list).
         """
         body: dict[str, Any] = {"template": template}
         optional: dict[str, Any] = {
@@ -118,6 +124,8 @@ class AsyncSandbox:
             "env": dict(envs) if envs is not None else None,
             "metadata": dict(metadata) if metadata is not None else None,
             "timeout": timeout,
+            "allow_internet_access": allow_internet_access,
+            "network": {k: list(v) for k, v in network.items()} if network is not None else None,
         }
         body.update({key: value for key, value in optional.items() if value is not None})
         connection = AsyncApiConnection.open(api_key, base_url, transport)
@@ -207,6 +215,36 @@ class AsyncSandbox:
         )
         self._info = SandboxInfo.from_dict(data)
         return self._info
+
+    async def update_network(
+        self,
+        *,
+        allow_internet_access: bool = True,
+        allow_out: Sequence[str] | None = None,
+        deny_out: Sequence[str] | None = None,
+    ) -> NetworkInfo:
+        """Replace the egress policy (as a whole) of the running sandbox; new
+        connections follow it at once, open ones go on."""
+        body: dict[str, Any] = {
+            "allow_internet_access": allow_internet_access,
+            "allow_out": list(allow_out or []),
+            "deny_out": list(deny_out or []),
+        }
+        data = await self._connection.request_json("PUT", f"{self._path}/network", json=body)
+        return NetworkInfo.from_dict(data)
+
+    async def get_network(self) -> NetworkInfo:
+        return NetworkInfo.from_dict(
+            await self._connection.request_json("GET", f"{self._path}/network")
+        )
+
+    async def preview_url(self, port: int, *, by_host: bool = False) -> str:
+        """A URL reaching TCP ``port`` inside the sandbox through the server, its
+        private token included; ``by_host``: the ``{port}-{id}.localhost`` form
+        (the app gets its own origin)."""
+        data = await self._connection.request_json("GET", f"{self._path}/preview")
+        template: str = data["host_url" if by_host else "url"]
+        return template.replace("{port}", str(int(port)))
 
     async def is_running(self) -> bool:
         try:

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, overload
 from urllib.parse import quote
@@ -15,7 +15,7 @@ import httpx
 from sandbank import errors
 
 from .._config import CREATE_TIMEOUT
-from ..models import SandboxInfo, SandboxMetrics
+from ..models import NetworkInfo, SandboxInfo, SandboxMetrics
 from ._http import ApiConnection, QueryValue
 from .commands import Commands
 from .files import Filesystem
@@ -101,6 +101,8 @@ class Sandbox:
         envs: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout: int | None = None,
+        allow_internet_access: bool | None = None,
+        network: Mapping[str, Sequence[str]] | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -109,6 +111,10 @@ class Sandbox:
 
         Unset resources take the server's defaults. ``envs`` are set for every
         command run in it; ``metadata`` labels it for ``list`` filters.
+        ``allow_internet_access=False`` gives it no egress at all; ``network``
+        is ``{"allow_out": [...], "deny_out": [...]}`` of IPv4 addresses and
+        CIDRs, where allow wins over deny (``deny_out=[ALL_TRAFFIC]`` plus
+        ``allow_out`` is an allow list).
         """
         body: dict[str, Any] = {"template": template}
         optional: dict[str, Any] = {
@@ -120,6 +126,8 @@ class Sandbox:
             "env": dict(envs) if envs is not None else None,
             "metadata": dict(metadata) if metadata is not None else None,
             "timeout": timeout,
+            "allow_internet_access": allow_internet_access,
+            "network": {k: list(v) for k, v in network.items()} if network is not None else None,
         }
         body.update({key: value for key, value in optional.items() if value is not None})
         connection = ApiConnection.open(api_key, base_url, transport)
@@ -209,6 +217,36 @@ class Sandbox:
         )
         self._info = SandboxInfo.from_dict(data)
         return self._info
+
+    def update_network(
+        self,
+        *,
+        allow_internet_access: bool = True,
+        allow_out: Sequence[str] | None = None,
+        deny_out: Sequence[str] | None = None,
+    ) -> NetworkInfo:
+        """Replace the egress policy (as a whole) of the running sandbox; new
+        connections follow it at once, open ones go on."""
+        body: dict[str, Any] = {
+            "allow_internet_access": allow_internet_access,
+            "allow_out": list(allow_out or []),
+            "deny_out": list(deny_out or []),
+        }
+        data = self._connection.request_json("PUT", f"{self._path}/network", json=body)
+        return NetworkInfo.from_dict(data)
+
+    def get_network(self) -> NetworkInfo:
+        return NetworkInfo.from_dict(
+            self._connection.request_json("GET", f"{self._path}/network")
+        )
+
+    def preview_url(self, port: int, *, by_host: bool = False) -> str:
+        """A URL reaching TCP ``port`` inside the sandbox through the server, its
+        private token included; ``by_host``: the ``{port}-{id}.localhost`` form
+        (the app gets its own origin)."""
+        data = self._connection.request_json("GET", f"{self._path}/preview")
+        template: str = data["host_url" if by_host else "url"]
+        return template.replace("{port}", str(int(port)))
 
     def is_running(self) -> bool:
         try:

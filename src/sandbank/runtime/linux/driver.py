@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sandbank.errors import InvalidState, RuntimeFailure, SandboxNotFound, SandboxUnavailable
+from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.agent_client import AgentClient
 from sandbank.runtime.base import SandboxChannel, SandboxSpec, SandboxUsage, TemplateInfo
 from sandbank.runtime.linux import (
@@ -31,7 +32,9 @@ from sandbank.runtime.linux import (
     disk,
     fsflags,
     mounts,
+    network,
     oci,
+    resolv,
     rootfs,
     seccomp,
     teardown,
@@ -76,11 +79,15 @@ class LinuxRuntime:
         disk_pool_sizes: Iterable[int] = (1,),
         disk_pool_depth: int = 2,
         ready_timeout: float = 20.0,
+        network_cidr: str = network.DEFAULT_CIDR,
+        network_dns: Iterable[str] = (),
     ) -> None:
         """``template_seed``: an unshifted debootstrap of the recipe's packages to
         build from instead of downloading (offline hosts, tests).
         ``pids_limit``: a host-wide ceiling on every sandbox's pids limit (0: none).
-        ``disk_pool_*``: pre-formatted disk images kept ready, per size in GB."""
+        ``disk_pool_*``: pre-formatted disk images kept ready, per size in GB.
+        ``network_*``: the private range sandboxes get a /30 of, and the resolvers
+        their DNS goes to (default: the host's)."""
         self.data_dir = Path(data_dir).absolute()
         self.template_root = Path(template_root or self.data_dir / "templates").absolute()
         self.oci_setting = oci_runtime
@@ -101,6 +108,7 @@ class LinuxRuntime:
         )
         self._channels: dict[str, AgentClient] = {}
         self._usage = UsageReader()
+        self.network = network.SandboxNetworks(str(self.data_dir), network_cidr, list(network_dns))
         self._cpus = customize.CpuSpread([])
         #: Seconds per create phase, by sandbox id (for benchmarks and the debug log).
         self.timings: dict[str, dict[str, float]] = {}
@@ -116,6 +124,8 @@ class LinuxRuntime:
             template_seed=getattr(settings, "template_seed", None),
             pids_limit=settings.pids_limit,
             disk_pool_sizes=(getattr(settings, "disk_gb_default", 1),),
+            network_cidr=getattr(settings, "network_cidr", network.DEFAULT_CIDR),
+            network_dns=getattr(settings, "network_dns", None) or (),
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -146,6 +156,7 @@ class LinuxRuntime:
         self._cpus = customize.CpuSpread(sorted(os.sched_getaffinity(0)))
         await asyncio.to_thread(agentlib.assemble, self.agent_lib)
         self.pool.start()
+        await self.network.start()
         log.info(
             "linux runtime: %s, cgroup v%d%s under %s",
             binary, self.layout.version, " (hybrid)" if self.layout.hybrid else "",
@@ -194,7 +205,7 @@ class LinuxRuntime:
         cgs = teardown.cgroup_candidates(
             sandbox_id, self.cgroups, self.ocicli, box, self.cgroup_parent
         )
-        return teardown.Target(sandbox_id, box, self.ocicli, cgs)
+        return teardown.Target(sandbox_id, box, self.ocicli, cgs, self.network)
 
     async def create(self, spec: SandboxSpec) -> None:
         box = self._box(spec.id)
@@ -229,7 +240,8 @@ class LinuxRuntime:
                 raise RuntimeFailure(msg) from exc
             # After the create, not during it: formatting competes for the CPU.
             self.pool.refill(spec.disk_gb)
-            self.timings[spec.id] = marks
+            # The network phase overlaps the agent's start; it reports its own share.
+            self.timings[spec.id] = {**marks, **self.timings.get(spec.id, {})}
             log.debug("created %s: %s", spec.id, {k: round(v * 1000, 1) for k, v in marks.items()})
 
     async def _build(
@@ -270,12 +282,25 @@ class LinuxRuntime:
             listener.close()
         mark("oci run")
         client = AgentClient(box.socket)
-        await client.wait_ready(timeout=self.ready_timeout)
+        # The agent boots while its network is made: neither waits for the other.
+        await network.together(
+            self._attach_network(spec, box), client.wait_ready(timeout=self.ready_timeout)
+        )
         # Pinned to its CPUs only now: set in the config, it would also pin the
         # agent's start-up, to share one CPU with the exiting OCI runtime (~2 ms).
         self.cgroups.cgroup(cgroups_path).set_cpus(self._cpus.pick(spec.vcpu))
         self._channels[spec.id] = client
         mark("agent ready")
+
+    async def _attach_network(self, spec: SandboxSpec, box: SandboxDir) -> None:
+        started = time.monotonic()
+        agent = await self.ocicli.init_process(spec.id)
+        if agent is None:
+            raise RuntimeFailure(f"sandbox {spec.id} stopped right after it started")
+        att = await self.network.attach(spec.id, *agent, spec.network or NetworkPolicy())
+        # Nothing untrusted has run in the sandbox yet: its /etc is still the template's.
+        resolv.write_resolv_conf(box.rootfs, att.resolv_conf(), oci.ID_SHIFT)
+        self.timings.setdefault(spec.id, {})["network"] = time.monotonic() - started
 
     def _pids(self, wanted: int) -> int:
         """The pids limit a sandbox gets: what it asks for, under the host-wide ceiling."""
@@ -304,6 +329,8 @@ class LinuxRuntime:
                 no_swap=True, pids=self._pids(spec.pids_limit),
             )  # fmt: skip
             customize.set_limits(cg, limits, spec.id)
+            if spec.network is not None:
+                await self.network.set_policy(spec.id, spec.network)
             record = dataclasses.replace(
                 record, vcpu=spec.vcpu, memory_mb=spec.memory_mb, pids_limit=limits.pids
             )
@@ -318,6 +345,12 @@ class LinuxRuntime:
                 # The limits are in force whatever became of the name.
                 record.save(box.record)
 
+    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        async with self._lock(check_id(sandbox_id)):
+            if await self.ocicli.init_process(sandbox_id) is None:
+                raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
+            await self.network.set_policy(sandbox_id, policy)
+
     async def destroy(self, sandbox_id: str) -> None:
         async with self._lock(check_id(sandbox_id)):
             target = self._target(sandbox_id)
@@ -325,15 +358,22 @@ class LinuxRuntime:
             self._usage.forget(sandbox_id)
             self.timings.pop(sandbox_id, None)
             errors = await teardown.destroy(target)
-            left = teardown.leftovers(target)
+            left = teardown.leftovers(target) + await self.network.leftovers(sandbox_id)
         if left:
             detail = "; ".join(left)
             if errors:
                 detail += " (errors: " + "; ".join(errors) + ")"
             raise RuntimeFailure(f"sandbox {sandbox_id} was not fully removed: {detail}")
 
+    async def endpoint(self, sandbox_id: str, port: int) -> tuple[str, int]:
+        att = await self.network.address(check_id(sandbox_id))
+        if att is None:
+            raise SandboxUnavailable(f"sandbox {sandbox_id} has no network")
+        return att.address, port
+
     async def leftovers(self, sandbox_id: str) -> list[str]:
-        return teardown.leftovers(self._target(sandbox_id))
+        left = teardown.leftovers(self._target(sandbox_id))
+        return left + await self.network.leftovers(sandbox_id)
 
     async def running(self) -> set[str]:
         ids = await self.ocicli.list_ids()
@@ -343,6 +383,7 @@ class LinuxRuntime:
             rel = m.point.relative_to(self.sandboxes_dir).parts
             if rel:
                 ids.add(rel[0])
+        ids |= await self.network.ids()
         return {i for i in ids if is_valid_id(i)}
 
     async def is_alive(self, sandbox_id: str) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from sandbank.runtime.linux import disk, fsflags, mounts
 from sandbank.runtime.linux.cgroups import Cgroup, CgroupLayout
 from sandbank.runtime.linux.layout import SandboxDir, SandboxRecord
+from sandbank.runtime.linux.network import SandboxNetworks
 from sandbank.runtime.linux.ocicli import OciCli
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class Target:
     box: SandboxDir
     oci: OciCli
     cgroups: tuple[Cgroup, ...]
+    network: SandboxNetworks | None = None
 
 
 def cgroup_candidates(
@@ -132,6 +134,10 @@ async def destroy(target: Target) -> list[str]:
 
     await _step("stop container", stop_container, errors)
     await _step("kill processes", kill_leftovers, errors)
+    # After the processes: their namespace, and with it the link's inner end, is gone.
+    network = target.network
+    if network is not None:
+        await _step("remove network", lambda: network.detach(sid), errors)
     await _step("forget runtime state", forget_state, errors)
     await _step("unmount", unmount_all, errors)
     await _step("detach loop devices", release_loops, errors)

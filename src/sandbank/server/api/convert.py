@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sandbank.protocol.api import FileEntryOut, SandboxOut
+from sandbank.protocol.api import FileEntryOut, NetworkOut, SandboxOut
+from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.base import FileEntry
 from sandbank.server.service.params import short_id
 from sandbank.server.store.base import SandboxRecord
@@ -27,6 +28,16 @@ def sandbox_out(record: SandboxRecord, base_url: str) -> SandboxOut:
         terminal_url=f"{base_url}/terminal/{record.id}",
         killed_at=record.killed_at,
         kill_reason=record.kill_reason,
+        network=network_out(record),
+    )
+
+
+def network_out(record: SandboxRecord) -> NetworkOut:
+    policy = NetworkPolicy.from_dict(record.network)
+    return NetworkOut(
+        allow_internet_access=policy.allow_internet_access,
+        allow_out=list(policy.allow_out),
+        deny_out=list(policy.deny_out),
     )
 
 

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sandbank.errors import ValidationFailed
 from sandbank.protocol.api import SANDBOX_ID_RE
 from sandbank.server.service.keys import KeyService, Principal
+from sandbank.server.service.preview import PreviewGate
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
 
@@ -20,6 +21,8 @@ class Services:
     keys: KeyService
     telemetry: Telemetry
     base_url: str
+    #: Preview URLs (ports of sandboxes through the server); None: not offered.
+    preview: PreviewGate | None = None
 
 
 def services(request: Request) -> Services:

@@ -1,4 +1,4 @@
-"""/v1/sandboxes: create, list, get, delete, timeout, exec, metrics."""
+"""/v1/sandboxes: create, list, get, delete, timeout, network, exec, metrics."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from sandbank.protocol.api import (
     ExecOut,
     ExecRequest,
     MetricsOut,
+    NetworkOut,
+    NetworkRequest,
     SandboxList,
     SandboxOut,
     TimeoutRequest,
 )
-from sandbank.server.api.convert import sandbox_out
+from sandbank.server.api.convert import network_out, sandbox_out
 from sandbank.server.api.deps import Caller, SandboxId, Svc
 from sandbank.server.service.params import CreateParams, ExecParams
 
@@ -40,6 +42,7 @@ async def create_sandbox(body: CreateSandboxRequest, svc: Svc, caller: Caller) -
             env=body.env or {},
             metadata=body.metadata or {},
             timeout=body.timeout,
+            network=body.network_policy(),
         ),
     )
     return sandbox_out(record, svc.base_url)
@@ -90,6 +93,19 @@ async def set_timeout(
 ) -> SandboxOut:
     record = await svc.sandboxes.set_timeout(caller.tenant, sandbox_id, body.timeout)
     return sandbox_out(record, svc.base_url)
+
+
+@router.get("/{sandbox_id}/network", response_model=NetworkOut)
+async def get_network(sandbox_id: SandboxId, svc: Svc, caller: Caller) -> NetworkOut:
+    return network_out(await svc.sandboxes.get(caller.tenant, sandbox_id))
+
+
+@router.put("/{sandbox_id}/network", response_model=NetworkOut)
+async def set_network(
+    sandbox_id: SandboxId, body: NetworkRequest, svc: Svc, caller: Caller
+) -> NetworkOut:
+    record = await svc.sandboxes.set_network(caller.tenant, sandbox_id, body.policy())
+    return network_out(record)
 
 
 @router.post("/{sandbox_id}/exec", response_model=ExecOut)

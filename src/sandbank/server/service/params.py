@@ -6,6 +6,8 @@ import secrets
 import string
 from dataclasses import dataclass, field
 
+from sandbank.protocol.network import NetworkPolicy
+
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_LENGTH = 16
 
@@ -29,6 +31,7 @@ class CreateParams:
     env: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     timeout: int | None = None
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Resolved:
     timeout: int
     env: dict[str, str]
     metadata: dict[str, str]
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
     def hostname(self, sandbox_id: str) -> str:
         name = self.display_name(sandbox_id)

@@ -92,6 +92,7 @@ def resolve(limits: Limits, params: CreateParams) -> Resolved:
         timeout=limits.default_timeout if params.timeout is None else params.timeout,
         env=dict(params.env),
         metadata=dict(params.metadata),
+        network=params.network,
     )
     check_resources(limits, resolved.vcpu, resolved.memory_mb, resolved.disk_gb)
     check_region(limits, resolved.region)

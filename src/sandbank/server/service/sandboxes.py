@@ -19,6 +19,7 @@ from sandbank.errors import (
     SandboxNotFound,
     ValidationFailed,
 )
+from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.base import (
     ExecResult,
     ExecSpec,
@@ -40,6 +41,7 @@ from sandbank.server.service.params import CreateParams, ExecParams, Resolved, n
 from sandbank.server.service.policy import Limits, Quota, check_quota, check_timeout, resolve
 from sandbank.server.service.pool import POOL_REASON, POOL_TENANT, PoolConfig, WarmPool
 from sandbank.server.service.recovery import Recovery
+from sandbank.server.service.shell import command_argv
 from sandbank.server.service.telemetry import Telemetry
 from sandbank.server.store.base import Page, SandboxRecord, Store
 
@@ -152,6 +154,7 @@ class SandboxService:
             hostname=want.hostname(sandbox_id),
             pids_limit=self._limits.pids_limit,
             env=dict(want.env),
+            network=want.network,
         )
 
     async def _hand_out(self, tenant: str, want: Resolved) -> SandboxRecord | None:
@@ -168,6 +171,7 @@ class SandboxService:
                 "region": want.region,
                 "env": dict(want.env),
                 "metadata": dict(want.metadata),
+                "network": want.network.to_dict(),
                 "created_at": now,
                 "updated_at": now,
                 "expires_at": now + timedelta(seconds=want.timeout),
@@ -232,6 +236,7 @@ class SandboxService:
             expires_at=now + timedelta(seconds=want.timeout),
             env=dict(want.env),
             metadata=dict(want.metadata),
+            network=want.network.to_dict(),
         )
         async with self._tenant_lock(tenant):
             await self._check_quota(tenant, want)
@@ -305,6 +310,20 @@ class SandboxService:
             return await self.get(tenant, sandbox_id)
         return updated
 
+    async def set_network(
+        self, tenant: str, sandbox_id: str, policy: NetworkPolicy
+    ) -> SandboxRecord:
+        """Replace the egress policy of a running sandbox; stored once in force."""
+        async with self._lock(sandbox_id):
+            await self._running(tenant, sandbox_id, "change the network of")
+            await self._runtime.set_network_policy(sandbox_id, policy)
+            updated = await self._store.update_sandbox(
+                sandbox_id,
+                {"network": policy.to_dict(), "updated_at": self._clock()},
+                only_from=[S.RUNNING],
+            )
+        return updated or await self.get(tenant, sandbox_id)
+
     # -- kill ------------------------------------------------------------------------
 
     async def kill(self, tenant: str, sandbox_id: str, reason: str = "deleted") -> None:
@@ -350,7 +369,7 @@ class SandboxService:
         if params.cmd is not None:
             argv = list(params.cmd)
         elif params.command is not None:
-            argv = ["/bin/bash", "-c", params.command]
+            argv = command_argv(params.command)
         else:
             raise ValidationFailed("give cmd (an argv list) or command (a shell string)")
         spec = ExecSpec(

@@ -28,6 +28,8 @@ class SandboxRecord:
     killed_at: datetime | None = None
     kill_reason: str | None = None
     error: str | None = None
+    #: The egress policy, as ``NetworkPolicy.to_dict``; empty: the default.
+    network: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

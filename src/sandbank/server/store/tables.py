@@ -65,6 +65,7 @@ sandboxes = Table(
     Column("killed_at", UTCDateTime(), nullable=True),
     Column("kill_reason", String(64), nullable=True),
     Column("error", Text, nullable=True),
+    Column("network", JSON, nullable=False, server_default="{}"),
 )
 
 api_keys = Table(
