@@ -9,6 +9,8 @@ project and nothing outside the standard library.
     conn       a connection, the log, ``sandbank.errors`` imported on demand
     reaper     waits for every process in the sandbox (PID 1's duty)
     processes  ``exec``
+    jobs       background processes: their records, output files and pumps
+    jobops     ``start``, ``jobs``, ``attach``, ``wait``, ``stdin``, ``signal``
     spawn      starting a command as a user (posix_spawn from a switched thread)
     files      ``read``, ``write``, ``list``, ``stat``, ``move``, ``mkdir``, ``remove``
     system     ``hostname``

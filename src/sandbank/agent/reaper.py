@@ -57,7 +57,8 @@ class Child:
     is known, so an exec loop can wait for it in the same ``poll`` as its pipes."""
 
     __slots__ = (
-        "_popen", "_wake_w", "ended", "exit_code", "pid", "started", "stderr", "stdout", "wake_fd",
+        "_popen", "_wake_w", "ended", "exit_code", "pid", "signal", "started", "stderr", "stdout",
+        "wake_fd",
     )  # fmt: skip
 
     def __init__(self, spawned: Spawned, started: float, wake: tuple[int, int]) -> None:
@@ -67,6 +68,9 @@ class Child:
         self.started = started
         self.ended: float | None = None
         self.exit_code: int | None = None
+        #: The signal that killed it, if one did: 128+N alone cannot tell that
+        #: from an ``exit(128+N)``.
+        self.signal: int | None = None
         # The reaper owns the write end and the exec loop the read end, so neither
         # ever touches a descriptor number the other has closed and the kernel reused.
         self.wake_fd, self._wake_w = wake
@@ -141,6 +145,8 @@ class Reaper:
             with self._lock:
                 child = self._children.pop(pid, None)
             if child is not None:
+                if os.WIFSIGNALED(status):
+                    child.signal = os.WTERMSIG(status)
                 child._exited(exit_code(status))
 
 

@@ -279,6 +279,17 @@ def _answer(conn: Conn, exc: errors.SandbankError) -> None:
         conn.fail(exc)
 
 
+#: Background processes: operation -> handler in ``jobops``.
+_JOB_OPS = {
+    "start": "start",
+    "jobs": "list_jobs",
+    "attach": "attach",
+    "wait": "wait",
+    "stdin": "stdin",
+    "signal": "send_signal",
+}
+
+
 def _dispatch(conn: Conn, req: dict[str, Any]) -> None:
     op = req.get("op")
     if op == "ping":
@@ -288,6 +299,12 @@ def _dispatch(conn: Conn, req: dict[str, Any]) -> None:
         from sandbank.agent import processes
 
         processes.run(conn, req)
+        return
+    if isinstance(op, str) and op in _JOB_OPS:
+        # Loaded on the first such operation: most sandboxes never start one.
+        from sandbank.agent import jobops
+
+        getattr(jobops, _JOB_OPS[op])(conn, req)
         return
     if op == "hostname":
         from sandbank.agent import system

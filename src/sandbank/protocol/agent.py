@@ -28,6 +28,21 @@ Operations:
 ``remove`` {path, recursive} -> ok
 ``hostname`` {name} -> ok (/etc/hostname and the ``127.0.1.1`` line of /etc/hosts)
 
+Background processes (they outlive every connection, the server's included):
+
+``start``  {cmd, env, cwd, user, tag, timeout, stdin, stdin_b64, max_output} -> ok+pid+tag+job
+``jobs``   {} -> ok+jobs
+``attach`` {pid, offset, follow} -> ok+job, O/E/J{event: truncated}*, J{event: exit|more}
+``wait``   {pid, timeout} -> ok+job
+``stdin``  {pid, data_b64, close} -> ok+written
+``signal`` {pid, signal} -> ok+signal
+
+A job is ``{pid, tag, cmd, cwd, env_keys, user, started_at, ended_at, running,
+exit_code, signal, timed_out, stdin, output_bytes, truncated}``: ``signal`` is
+the one that killed it (``exit_code`` is then 128+N), ``stdin`` is ``none``,
+``bytes``, ``open`` or ``closed``, ``truncated`` lists the streams that hit
+their cap, ``output_bytes`` counts what was kept of both streams.
+
 An entry is ``{name, path, type, size, mode, permissions, owner, group, modified_at,
 symlink_target}``; ``type`` is ``file``, ``dir``, ``symlink`` or ``other``;
 ``mode`` holds the permission bits, ``permissions`` the same as ``rwxr-xr-x``.
@@ -56,6 +71,27 @@ Details every implementation keeps:
 * ``mkdir`` creates parents; ``created`` is false if the directory was there.
 * ``remove`` refuses ``/``; a non-empty directory needs ``recursive``
   (``conflict`` otherwise).
+* ``start`` takes what ``exec`` takes and answers at once. ``timeout`` 0 or
+  null is none. ``stdin`` is ``none`` (/dev/null), ``bytes`` (``stdin_b64``,
+  all of it up front) or ``open`` (fed by ``stdin`` operations until one
+  closes it). ``max_output`` (bytes per stream, at most the agent's own cap)
+  bounds what is kept: the head of each stream; the first byte past it is
+  recorded as a ``truncated`` event. A command that cannot be executed is
+  ``bad_request`` with ``exit_code`` 127 or 126.
+* ``attach`` replays the output from ``offset`` (bytes of both streams
+  together, in the order they were written), then with ``follow`` (the
+  default) live output, and ends with ``J{"event": "exit", ...job}``. With
+  ``follow: false`` a running process ends the stream with
+  ``J{"event": "more", "offset": N}`` (where to resume). Any number of clients
+  may attach at once; hanging up never touches the process.
+* ``wait`` answers once the process has ended; ``timeout`` (seconds, 0 or null
+  for none) runs out as ``timeout``.
+* An unknown ``pid`` is ``not_found`` (with ``pid``). ``stdin`` and ``signal``
+  on a process that has ended are ``conflict`` with ``exit_code``; ``stdin``
+  not opened or already closed is ``conflict`` too. ``signal`` (a number or a
+  name, ``TERM`` or ``SIGTERM``) goes to the whole process group.
+* Ended processes stay listed for 10 minutes. All of this lives as long as
+  the agent does.
 * ``hostname`` rewrites the files only, keeping every other line of /etc/hosts
   (a ``127.0.1.1`` line is added if there is none). The kernel's hostname is the
   runtime's to set: a container's agent lacks CAP_SYS_ADMIN.
@@ -162,7 +198,7 @@ def _py_codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
 
 
 def _codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
-    sample = {"s": "\u00e9\n\"", "n": [1, -2.5, None, True, False, 10**20], "d": {}}
+    sample = {"s": '\u00e9\n"', "n": [1, -2.5, None, True, False, 10**20], "d": {}}
     text = '{"s":"\\u00e9\\n\\"","n":[1,-2.5,null,true,false,100000000000000000000],"d":{}}'
     try:
         dumps, loads = _c_codec()

@@ -58,6 +58,66 @@ class ExecResult:
     truncated: bool = False
 
 
+StdinMode = Literal["none", "bytes", "open"]
+OutputKind = Literal["stdout", "stderr", "truncated", "exit"]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A background process: started, then attached to, waited for, fed and
+    signalled by pid, from any client, for as long as the sandbox runs."""
+
+    cmd: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    user: str = "user"
+    tag: str | None = None
+    #: Seconds; ``None`` (or 0) means no limit. On expiry the group is killed.
+    timeout: float | None = None
+    #: ``none``: /dev/null; ``bytes``: ``stdin_data`` up front; ``open``: fed
+    #: later with ``send_stdin`` until closed.
+    stdin: StdinMode = "none"
+    stdin_data: bytes | None = None
+    #: Bytes kept of each stream (the head); ``None``: the agent's cap (16 MiB).
+    max_output: int | None = None
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    pid: int
+    tag: str | None
+    cmd: list[str]
+    cwd: str
+    env_keys: list[str]
+    user: str
+    started_at: float
+    running: bool
+    ended_at: float | None = None
+    exit_code: int | None = None
+    #: The signal that killed it (``exit_code`` is then 128+N).
+    signal: int | None = None
+    timed_out: bool = False
+    #: ``none``, ``bytes``, ``open`` or ``closed``.
+    stdin: str = "none"
+    #: Bytes kept so far, both streams: where an ``attach`` ends today.
+    output_bytes: int = 0
+    #: The streams that hit their cap (what came later was dropped).
+    truncated: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    """One event of ``attach``: a chunk of ``stdout``/``stderr`` at ``offset``
+    (bytes of both streams together; resume at ``offset + len(data)``), a
+    ``truncated`` marker naming ``stream``, or the final ``exit`` with ``info``."""
+
+    kind: OutputKind
+    data: bytes = b""
+    offset: int = 0
+    stream: str | None = None
+    info: JobInfo | None = None
+
+
 @dataclass(frozen=True)
 class FileEntry:
     name: str
@@ -122,6 +182,31 @@ class SandboxChannel(Protocol):
     async def make_dir(self, path: str, *, user: str = "user") -> tuple[bool, FileEntry]: ...
 
     async def remove(self, path: str, *, recursive: bool = False) -> None: ...
+
+    # Background processes: unknown pids raise NotFound, operations that need a
+    # running process raise Conflict once it has ended (with its exit code).
+
+    async def start(self, spec: JobSpec) -> JobInfo: ...
+
+    async def jobs(self) -> list[JobInfo]:
+        """Processes started with ``start``, running or ended (kept 10 minutes)."""
+        ...
+
+    def attach(self, pid: int, offset: int = 0, follow: bool = True) -> AsyncIterator[OutputEvent]:
+        """Output from ``offset``, then live output, then an ``exit`` event; without
+        ``follow`` it stops at what exists (no ``exit`` event if still running).
+        Stopping early never affects the process."""
+        ...
+
+    async def wait(self, pid: int, timeout: float | None = None) -> JobInfo:
+        """Block until the process ends; ``Timeout`` after ``timeout`` seconds."""
+        ...
+
+    async def send_stdin(self, pid: int, data: bytes, close: bool = False) -> None: ...
+
+    async def signal(self, pid: int, sig: int | str) -> None:
+        """Signal the process's whole group; ``sig`` is a number or a name."""
+        ...
 
 
 class Runtime(Protocol):

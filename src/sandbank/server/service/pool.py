@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sandbank.errors import SandbankError
-from sandbank.runtime.base import Runtime, SandboxSpec
+from sandbank.runtime.base import ExecSpec, Runtime, SandboxSpec
 from sandbank.server.service.lifecycle import SandboxState
 from sandbank.server.service.params import new_sandbox_id
 from sandbank.server.service.policy import Limits
@@ -291,6 +291,12 @@ class WarmPool:
             try:
                 async with self._create_slots:
                     await self._runtime.create(spec)
+                    # One command now warms what a first command pays for (the
+                    # agent's lazy imports, the shell and libc pages), so the
+                    # caller's first command after a hand-out runs at full speed.
+                    await self._runtime.channel(member_id).exec(
+                        ExecSpec(cmd=["/bin/bash", "-c", "true"], user="user", timeout=10)
+                    )
             except BaseException as exc:
                 failure = exc
             else:

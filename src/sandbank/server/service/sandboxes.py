@@ -9,6 +9,7 @@ A create is served from the warm pool (``pool.py``) when it can be.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -191,7 +192,12 @@ class SandboxService:
         # until it has its limits.
         async with self._lock(member.id):
             try:
-                await self._runtime.customize(self._spec(member.id, want))
+                spec = self._spec(member.id, want)
+                if want.network == NetworkPolicy():
+                    # Members start with the default policy: rewriting it would
+                    # cost an nftables transaction on every hand-out.
+                    spec = dataclasses.replace(spec, network=None)
+                await self._runtime.customize(spec)
             except BaseException as exc:
                 failure = exc
                 # Back to the pool's books, so the tenant neither pays nor sees it.
