@@ -169,8 +169,14 @@ async def proxy_http(
     headers = _forward_headers(
         request.headers, access.used_key, request.client.host if request.client else None
     )
-    # A body of known length is sent as is (many dev servers refuse chunked uploads).
-    body: Any = await request.body() if "content-length" in request.headers else request.stream()
+    # A body of known length is sent as is (many dev servers refuse chunked uploads);
+    # a request without a body must not gain an empty chunked one: servers that never
+    # read it close with unread input, and the kernel's reset cuts their response short.
+    body: Any = None
+    if "content-length" in request.headers:
+        body = await request.body()
+    elif "transfer-encoding" in request.headers:
+        body = request.stream()
     upstream = client().build_request(
         request.method, url, params=query or None, headers=headers, content=body
     )
