@@ -32,6 +32,7 @@ test: install-test lint
 bench: install-bench install-test
 	$(VENV)/python bench/tti.py
 	$(VENV)/python bench/exec_rtt.py
+	$(VENV)/python bench/net.py
 
 # Regenerate the sync SDK from the async source.
 sync: install-test

@@ -18,6 +18,7 @@ Stdlib only: the agent imports this module inside sandboxes.
     │   ├── SandboxNotFound (sandbox_not_found, 404)
     │   ├── TemplateNotFound (template_not_found, 404)
     │   ├── FileNotFound (file_not_found, 404)
+    │   ├── ProcessNotFound (process_not_found, 404)
     │   └── KeyNotFound (key_not_found, 404)
     ├── Conflict (conflict, 409)
     │   ├── InvalidState (invalid_state, 409)
@@ -110,6 +111,10 @@ class TemplateNotFound(NotFound):
 
 class FileNotFound(NotFound):
     code = "file_not_found"
+
+
+class ProcessNotFound(NotFound):
+    code = "process_not_found"
 
 
 class KeyNotFound(NotFound):

@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from sandbank import errors
 from sandbank.client import Sandbox
 
-from . import _render
+from . import _processes, _render
 from ._options import ServerOptions, parse_pairs
 from ._transfer import copy
 
@@ -173,15 +173,36 @@ def exec_command(
     stdin: Annotated[
         bool, typer.Option("--stdin", "-i", help="Pass this stdin to the command.")
     ] = False,
+    background: Annotated[
+        bool,
+        typer.Option("--background", "-b", help="Start it in the background; print its pid."),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Run a command; exit with its exit code.
 
     Usage: exec ID [OPTIONS] -- CMD... One CMD argument is a shell string
-    (sh -c); several are an argv.
+    (sh -c); several are an argv. With --background the timeout defaults to
+    none; see `ps` and `logs`.
     """
     cmd: str | list[str] = command[0] if len(command) == 1 else command
     input_text = sys.stdin.read() if stdin else None
+    if background:
+        with _options(ctx).sandbox(sandbox_id) as sandbox:
+            handle = sandbox.commands.run(
+                cmd,
+                background=True,
+                envs=parse_pairs("--env", env) or None,
+                cwd=cwd,
+                user=user,
+                timeout=timeout if timeout_given(ctx) else 0,
+                stdin=input_text,
+            )
+        if as_json:
+            _render.print_json({"pid": handle.pid})
+        else:
+            typer.echo(handle.pid)
+        return
     with _options(ctx).sandbox(sandbox_id) as sandbox:
         result = sandbox.commands.run(
             cmd,
@@ -204,6 +225,14 @@ def exec_command(
     # Shells report death by signal N as 128+N; keep codes within 0-255.
     code = result.exit_code if result.exit_code >= 0 else 128 - result.exit_code
     raise typer.Exit(min(code, 255))
+
+
+def timeout_given(ctx: typer.Context) -> bool:
+    source = ctx.get_parameter_source("timeout")
+    return source is not None and source.name != "DEFAULT"
+
+
+_processes.register(app)
 
 
 @app.command()

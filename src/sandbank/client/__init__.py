@@ -5,7 +5,9 @@ Both speak only HTTP to a sandbank server; ``_sync`` is generated from
 """
 
 from sandbank.client._async import AsyncAdminClient, AsyncSandbox
+from sandbank.client._async.process import CommandHandle as AsyncCommandHandle
 from sandbank.client._sync import AdminClient, Sandbox
+from sandbank.client._sync.process import CommandHandle, ProcessInfo
 from sandbank.client.exceptions import CommandExitError, ServerUnreachable
 from sandbank.client.models import (
     ALL_TRAFFIC,
@@ -23,11 +25,14 @@ __all__ = [
     "AdminClient",
     "ApiKeyInfo",
     "AsyncAdminClient",
+    "AsyncCommandHandle",
     "AsyncSandbox",
     "CommandExitError",
+    "CommandHandle",
     "CommandResult",
     "EntryInfo",
     "NetworkInfo",
+    "ProcessInfo",
     "Sandbox",
     "SandboxInfo",
     "SandboxMetrics",

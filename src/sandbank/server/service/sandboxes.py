@@ -391,6 +391,17 @@ class SandboxService:
         self._telemetry.executed(result.duration_ms / 1000)
         return result
 
+    async def channel(
+        self, tenant: str, sandbox_id: str, operation: str
+    ) -> tuple[SandboxRecord, SandboxChannel]:
+        """A running sandbox's record and channel, for operations inside it."""
+        record = await self._running(tenant, sandbox_id, operation)
+        return record, self._runtime.channel(sandbox_id)
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
     async def files(self, tenant: str, sandbox_id: str) -> SandboxChannel:
         await self._running(tenant, sandbox_id, "access files of")
         return self._runtime.channel(sandbox_id)

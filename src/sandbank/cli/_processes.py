@@ -1,0 +1,86 @@
+"""``sandbank ps`` and ``sandbank logs``: background processes of a sandbox."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from sandbank.client import ProcessInfo
+from sandbank.client._sync.process import event_bytes
+
+from . import _render
+from ._options import ServerOptions
+
+
+def _options(ctx: typer.Context) -> ServerOptions:
+    options = ctx.find_object(ServerOptions)
+    assert options is not None, "the app callback sets the server options"
+    return options
+
+
+def _state(info: ProcessInfo) -> str:
+    if info.running:
+        return "running"
+    if info.timed_out:
+        return "timed out"
+    if info.signal is not None:
+        return f"killed (signal {info.signal})"
+    return f"exited {info.exit_code}"
+
+
+def _table(infos: list[ProcessInfo]) -> None:
+    table = _render._table("PID", "TAG", "STATE", "USER", "STARTED", "COMMAND")
+    for info in infos:
+        table.add_row(
+            str(info.pid),
+            info.tag or "-",
+            _state(info),
+            info.user,
+            _render._when(info.started_at),
+            " ".join(info.cmd),
+        )
+    _render._console.print(table)
+
+
+def ps(
+    ctx: typer.Context,
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID")],
+    running: Annotated[bool, typer.Option("--running", help="Only running processes.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List a sandbox's background processes (ended ones stay 10 minutes)."""
+    with _options(ctx).sandbox(sandbox_id) as sandbox:
+        infos = sandbox.commands.list(running=True if running else None)
+    if as_json:
+        _render.print_json([info.to_dict() for info in infos])
+    else:
+        _table(infos)
+
+
+def logs(
+    ctx: typer.Context,
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID")],
+    pid: Annotated[int, typer.Argument(metavar="PID")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until it exits.")
+    ] = False,
+    offset: Annotated[int, typer.Option(help="Skip this many bytes of output.")] = 0,
+) -> None:
+    """Print a process's output (stdout and stderr to their own streams)."""
+    with _options(ctx).sandbox(sandbox_id) as sandbox:
+        handle = sandbox.commands.connect(pid)
+        for event in handle.output(offset=offset, follow=follow):
+            kind = event.get("type")
+            if kind in ("stdout", "stderr"):
+                out = sys.stdout if kind == "stdout" else sys.stderr
+                out.buffer.write(event_bytes(event))
+                out.flush()
+            elif kind == "truncated":
+                typer.echo(f"[{event.get('stream')} truncated: output cap reached]", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(ps)
+    app.command()(logs)
