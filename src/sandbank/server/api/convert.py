@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sandbank.protocol.api import FileEntryOut, NetworkOut, SandboxOut
+from sandbank.protocol.api import ExecRequest, FileEntryOut, NetworkOut, SandboxOut
 from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.base import FileEntry
-from sandbank.server.service.params import short_id
+from sandbank.server.service.params import ExecParams, short_id
 from sandbank.server.store.base import SandboxRecord
 
 
@@ -53,4 +53,17 @@ def entry_out(entry: FileEntry) -> FileEntryOut:
         group=entry.group,
         modified_at=datetime.fromtimestamp(entry.modified_at, UTC),
         symlink_target=entry.symlink_target,
+    )
+
+
+def exec_params(body: ExecRequest) -> ExecParams:
+    """The one reading of an exec body, for the plain and the streamed exec."""
+    return ExecParams(
+        cmd=body.cmd,
+        command=body.command,
+        env=body.env or {},
+        cwd=body.cwd,
+        user=body.user,
+        timeout=body.timeout,
+        stdin=body.stdin.encode() if body.stdin is not None else None,
     )

@@ -28,8 +28,8 @@ from sandbank.protocol.api import (
     StartProcessRequest,
 )
 from sandbank.runtime.base import JobInfo, OutputEvent
+from sandbank.server.api.convert import exec_params
 from sandbank.server.api.deps import Caller, SandboxId, Services, Svc
-from sandbank.server.service.params import ExecParams
 from sandbank.server.service.processes import ProcessService, StartParams, closing
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["processes"])
@@ -130,15 +130,7 @@ async def exec_stream(
     started = await _processes(svc).run_streamed(
         caller.tenant,
         sandbox_id,
-        ExecParams(
-            cmd=body.cmd,
-            command=body.command,
-            env=body.env or {},
-            cwd=body.cwd,
-            user=body.user,
-            timeout=body.timeout,
-            stdin=body.stdin.encode() if body.stdin is not None else None,
-        ),
+        exec_params(body),
     )
     return _stream(ndjson(started.events, {"type": "start", "pid": started.info.pid}))
 

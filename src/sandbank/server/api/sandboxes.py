@@ -19,9 +19,9 @@ from sandbank.protocol.api import (
     SandboxOut,
     TimeoutRequest,
 )
-from sandbank.server.api.convert import network_out, sandbox_out
+from sandbank.server.api.convert import exec_params, network_out, sandbox_out
 from sandbank.server.api.deps import Caller, SandboxId, Svc
-from sandbank.server.service.params import CreateParams, ExecParams
+from sandbank.server.service.params import CreateParams
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
@@ -115,15 +115,7 @@ async def exec_command(
     result = await svc.sandboxes.exec(
         caller.tenant,
         sandbox_id,
-        ExecParams(
-            cmd=body.cmd,
-            command=body.command,
-            env=body.env or {},
-            cwd=body.cwd,
-            user=body.user,
-            timeout=body.timeout,
-            stdin=body.stdin.encode() if body.stdin is not None else None,
-        ),
+        exec_params(body),
     )
     return ExecOut(
         exit_code=result.exit_code,
