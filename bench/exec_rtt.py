@@ -38,7 +38,7 @@ def main() -> None:
             t0 = time.perf_counter()
             sbx.commands.run(["true"])
             argv_samples.append(time.perf_counter() - t0)
-    print(summary("sandbank commands.run('true') (via bash -c)", samples))
+    print(summary("sandbank commands.run('true') (shell string)", samples))
     print(summary("sandbank commands.run(['true']) (argv)", argv_samples))
     ours = sorted(samples)[len(samples) // 2]
     if not podman_available():
