@@ -33,6 +33,7 @@ bench: install-bench install-test
 	$(VENV)/python bench/tti.py
 	$(VENV)/python bench/exec_rtt.py
 	$(VENV)/python bench/net.py
+	$(VENV)/python bench/lifecycle.py
 
 # Regenerate the sync SDK from the async source.
 sync: install-test

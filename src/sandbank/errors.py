@@ -22,6 +22,7 @@ Stdlib only: the agent imports this module inside sandboxes.
     │   └── KeyNotFound (key_not_found, 404)
     ├── Conflict (conflict, 409)
     │   ├── InvalidState (invalid_state, 409)
+    │   │   └── SandboxPaused (sandbox_paused, 409)
     │   └── FileExists (file_exists, 409)
     ├── PayloadTooLarge (payload_too_large, 413)
     ├── QuotaExceeded (quota_exceeded, 429)
@@ -128,6 +129,10 @@ class Conflict(SandbankError):
 
 class InvalidState(Conflict):
     code = "invalid_state"
+
+
+class SandboxPaused(InvalidState):
+    code = "sandbox_paused"
 
 
 class FileExists(Conflict):

@@ -8,12 +8,13 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from sandbank.errors import InvalidState, RuntimeFailure, TemplateNotFound
+from sandbank.errors import InvalidState, RuntimeFailure, SandboxUnavailable, TemplateNotFound
 from sandbank.runtime.base import ExecSpec
 from sandbank.runtime.linux import oci
 from sandbank.runtime.linux.driver import LinuxRuntime
@@ -330,3 +331,53 @@ async def test_concurrent_creates_and_destroys(harness: Harness) -> None:
 
 def harness_exec(script: str) -> ExecSpec:
     return ExecSpec(cmd=["/bin/bash", "-c", script])
+
+
+# -- pause / resume ----------------------------------------------------------------------
+
+TICKER = "sh -c 'while :; do date +%s%N >> /tmp/t; sleep 0.01; done' >/dev/null 2>&1 & echo $!"
+
+
+async def test_pause_freezes_and_resume_continues(harness: Harness) -> None:
+    sid = await harness.create()
+    try:
+        pid = await harness.out(sid, TICKER)
+        await asyncio.sleep(0.3)
+        await harness.rt.pause(sid)
+        await harness.rt.pause(sid)  # idempotent
+        cgroup = harness.rt.cgroup(sid)
+        assert cgroup is not None and cgroup.frozen()
+        paused_at = time.time_ns()
+        # After a restart a frozen sandbox is adopted without its agent answering.
+        later = LinuxRuntime(harness.rt.data_dir, TEMPLATES, template_seed=template_seed())
+        await later.start()
+        try:
+            assert await asyncio.wait_for(later.adopt(sid), 2)
+        finally:
+            await later.close()
+        assert cgroup.frozen()
+        await asyncio.sleep(0.5)
+        resumed_at = time.time_ns()
+        await harness.rt.resume(sid)
+        await harness.rt.resume(sid)  # idempotent
+        assert not cgroup.frozen()
+        await asyncio.sleep(0.3)
+        ticks = [int(t) for t in (await harness.out(sid, "cat /tmp/t")).split()]
+        assert not [t for t in ticks if paused_at < t < resumed_at]
+        assert any(t < paused_at for t in ticks)
+        assert any(t > resumed_at for t in ticks)
+        # The same process goes on.
+        assert await harness.out(sid, f"kill -0 {pid} && echo alive") == "alive"
+    finally:
+        await harness.rt.destroy(sid)
+
+
+async def test_destroy_of_a_paused_sandbox_leaves_nothing(harness: Harness) -> None:
+    sid = await harness.create()
+    await harness.out(sid, TICKER)
+    await harness.rt.pause(sid)
+    await harness.rt.destroy(sid)
+    assert await harness.rt.leftovers(sid) == []
+    assert sid not in await harness.rt.running()
+    with pytest.raises(SandboxUnavailable):
+        await harness.rt.pause(sid)

@@ -282,6 +282,36 @@ def timeout(
 
 
 @app.command()
+def pause(
+    ctx: typer.Context,
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Freeze a sandbox (memory kept, no CPU) until it is resumed."""
+    with _options(ctx).sandbox(sandbox_id) as sandbox:
+        details = sandbox.pause()
+    if as_json:
+        _render.print_json(details.to_dict())
+    else:
+        _render.sandbox(details)
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Resume a paused sandbox."""
+    with _options(ctx).sandbox(sandbox_id) as sandbox:
+        details = sandbox.resume()
+    if as_json:
+        _render.print_json(details.to_dict())
+    else:
+        _render.sandbox(details)
+
+
+@app.command()
 def metrics(
     ctx: typer.Context,
     sandbox_id: Annotated[str, typer.Argument(metavar="ID")],

@@ -252,6 +252,15 @@ class Runtime(Protocol):
         """Ordered, idempotent teardown; raises RuntimeFailure if anything remains."""
         ...
 
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of the sandbox; returns once all are frozen.
+        Memory and processes stay as they are. Idempotent."""
+        ...
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Thaw a paused sandbox; idempotent."""
+        ...
+
     async def running(self) -> set[str]:
         """Ids of every sandbox this driver has anything of on the host."""
         ...
@@ -259,7 +268,9 @@ class Runtime(Protocol):
     async def is_alive(self, sandbox_id: str) -> bool: ...
 
     async def adopt(self, sandbox_id: str) -> bool:
-        """After a server restart: take over a running sandbox. False if it is not usable."""
+        """After a server restart: take over a running or paused sandbox. False if
+        it is not usable. A paused (frozen) sandbox is adopted without asking its
+        agent, which cannot answer until resumed."""
         ...
 
     def channel(self, sandbox_id: str) -> SandboxChannel: ...

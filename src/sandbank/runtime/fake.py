@@ -46,6 +46,7 @@ class FakeSandbox:
     files: dict[str, bytes] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=lambda: {"/", "/home", "/home/user", "/root"})
     alive: bool = True
+    paused: bool = False
 
 
 def _abs(path: str, user: str = "user") -> str:
@@ -318,6 +319,18 @@ class FakeRuntime:
     async def destroy(self, sandbox_id: str) -> None:
         if self.boxes.pop(sandbox_id, None) is not None:
             self.destroyed.append(sandbox_id)
+
+    async def pause(self, sandbox_id: str) -> None:
+        box = self.boxes.get(sandbox_id)
+        if box is None or not box.alive:
+            raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
+        box.paused = True
+
+    async def resume(self, sandbox_id: str) -> None:
+        box = self.boxes.get(sandbox_id)
+        if box is None or not box.alive:
+            raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
+        box.paused = False
 
     async def running(self) -> set[str]:
         return set(self.boxes)

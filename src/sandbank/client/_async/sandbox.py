@@ -216,6 +216,19 @@ class AsyncSandbox:
         self._info = SandboxInfo.from_dict(data)
         return self._info
 
+    async def pause(self) -> SandboxInfo:
+        """Freeze every process of the sandbox (memory kept, no CPU) until
+        ``resume``; its timeout keeps running. Idempotent."""
+        data = await self._connection.request_json("POST", f"{self._path}/pause")
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    async def resume(self) -> SandboxInfo:
+        """Thaw a paused sandbox; idempotent."""
+        data = await self._connection.request_json("POST", f"{self._path}/resume")
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
     async def update_network(
         self,
         *,

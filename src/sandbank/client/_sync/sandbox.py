@@ -218,6 +218,19 @@ class Sandbox:
         self._info = SandboxInfo.from_dict(data)
         return self._info
 
+    def pause(self) -> SandboxInfo:
+        """Freeze every process of the sandbox (memory kept, no CPU) until
+        ``resume``; its timeout keeps running. Idempotent."""
+        data = self._connection.request_json("POST", f"{self._path}/pause")
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    def resume(self) -> SandboxInfo:
+        """Thaw a paused sandbox; idempotent."""
+        data = self._connection.request_json("POST", f"{self._path}/resume")
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
     def update_network(
         self,
         *,

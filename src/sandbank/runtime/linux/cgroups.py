@@ -273,6 +273,32 @@ class Cgroup:
     def thaw(self) -> None:
         self._set_frozen(False)
 
+    def frozen(self) -> bool:
+        """Whether the kernel reports every task of this cgroup frozen."""
+        if self.layout.version == 2:
+            for line in _read(self.file("cpu", "cgroup.events")).splitlines():
+                key, _, value = line.partition(" ")
+                if key == "frozen":
+                    return value.strip() == "1"
+            return False
+        return _read(self.file("freezer", "freezer.state")).strip() == "FROZEN"
+
+    async def freeze_wait(self, timeout: float = 5.0) -> bool:
+        """Freeze and wait until the kernel reports FROZEN; False on timeout."""
+        self.freeze()
+        deadline = time.monotonic() + timeout
+        pause = 0.0005
+        while not self.frozen():
+            if time.monotonic() >= deadline:
+                return False
+            if self.layout.version == 1:
+                # v1 moves FREEZING -> FROZEN when the state is written again.
+                with contextlib.suppress(OSError):
+                    self.freeze()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        return True
+
     def _set_frozen(self, frozen: bool) -> None:
         if self.layout.version == 2:
             self.file("cpu", "cgroup.freeze").write_text("1" if frozen else "0")

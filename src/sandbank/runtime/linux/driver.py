@@ -10,6 +10,7 @@ this object's memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -357,6 +358,7 @@ class LinuxRuntime:
             self._channels.pop(sandbox_id, None)
             self._usage.forget(sandbox_id)
             self.timings.pop(sandbox_id, None)
+            self._thaw_v1(sandbox_id)
             errors = await teardown.destroy(target)
             left = teardown.leftovers(target) + await self.network.leftovers(sandbox_id)
         if left:
@@ -364,6 +366,44 @@ class LinuxRuntime:
             if errors:
                 detail += " (errors: " + "; ".join(errors) + ")"
             raise RuntimeFailure(f"sandbox {sandbox_id} was not fully removed: {detail}")
+
+    def _thaw_v1(self, sandbox_id: str) -> None:
+        """A paused sandbox on cgroup v1 must be thawed for SIGKILL to finish its
+        tasks; v2 kills frozen tasks as they are (and teardown thaws anyway)."""
+        if self.cgroups.version != 1:
+            return
+        with contextlib.suppress(OSError, FileNotFoundError):
+            cgroup = self.cgroup(sandbox_id)
+            if cgroup is not None and cgroup.existing():
+                cgroup.thaw()
+
+    def _live_cgroup(self, sandbox_id: str) -> Cgroup:
+        cgroup = self.cgroup(sandbox_id)
+        if cgroup is None or not cgroup.existing():
+            raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
+        return cgroup
+
+    async def pause(self, sandbox_id: str) -> None:
+        async with self._lock(check_id(sandbox_id)):
+            cgroup = self._live_cgroup(sandbox_id)
+            try:
+                done = await cgroup.freeze_wait()
+            except OSError as exc:
+                raise RuntimeFailure(f"could not pause sandbox {sandbox_id}: {exc}") from exc
+            if not done:
+                with contextlib.suppress(OSError):
+                    cgroup.thaw()
+                raise RuntimeFailure(
+                    f"sandbox {sandbox_id} did not freeze in time; it was left running"
+                )
+
+    async def resume(self, sandbox_id: str) -> None:
+        async with self._lock(check_id(sandbox_id)):
+            cgroup = self._live_cgroup(sandbox_id)
+            try:
+                cgroup.thaw()
+            except OSError as exc:
+                raise RuntimeFailure(f"could not resume sandbox {sandbox_id}: {exc}") from exc
 
     async def endpoint(self, sandbox_id: str, port: int) -> tuple[str, int]:
         att = await self.network.address(check_id(sandbox_id))
@@ -391,7 +431,7 @@ class LinuxRuntime:
 
     async def adopt(self, sandbox_id: str) -> bool:
         state = await self.ocicli.state(check_id(sandbox_id))
-        if state is None or state.get("status") != "running":
+        if state is None or state.get("status") not in ("running", "paused"):
             return False
         box = self._box(sandbox_id)
         try:
@@ -402,6 +442,12 @@ class LinuxRuntime:
         except OSError:
             return False
         client = AgentClient(box.socket)
+        cgroup = self.cgroup(sandbox_id)
+        with contextlib.suppress(OSError):
+            if cgroup is not None and cgroup.frozen():
+                # Paused: its agent cannot answer until resumed.
+                self._channels[sandbox_id] = client
+                return True
         try:
             await asyncio.wait_for(client.ping(), 5)
         except Exception as exc:

@@ -95,6 +95,18 @@ async def set_timeout(
     return sandbox_out(record, svc.base_url)
 
 
+@router.post("/{sandbox_id}/pause", response_model=SandboxOut)
+async def pause_sandbox(sandbox_id: SandboxId, svc: Svc, caller: Caller) -> SandboxOut:
+    """Freeze every process of a running sandbox (memory kept, no CPU); idempotent."""
+    return sandbox_out(await svc.sandboxes.pause(caller.tenant, sandbox_id), svc.base_url)
+
+
+@router.post("/{sandbox_id}/resume", response_model=SandboxOut)
+async def resume_sandbox(sandbox_id: SandboxId, svc: Svc, caller: Caller) -> SandboxOut:
+    """Thaw a paused sandbox; idempotent."""
+    return sandbox_out(await svc.sandboxes.resume(caller.tenant, sandbox_id), svc.base_url)
+
+
 @router.get("/{sandbox_id}/network", response_model=NetworkOut)
 async def get_network(sandbox_id: SandboxId, svc: Svc, caller: Caller) -> NetworkOut:
     return network_out(await svc.sandboxes.get(caller.tenant, sandbox_id))

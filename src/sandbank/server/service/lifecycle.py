@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from sandbank.errors import InvalidState
+from sandbank.errors import InvalidState, SandboxPaused
 
 
 class SandboxState(StrEnum):
@@ -15,6 +15,8 @@ class SandboxState(StrEnum):
     ERROR = "error"
     #: Started ahead of demand, owned by no tenant, waiting in the warm pool.
     POOLED = "pooled"
+    #: Frozen by the caller (cgroup freezer): memory kept, no CPU until resumed.
+    PAUSED = "paused"
 
 
 S = SandboxState
@@ -22,7 +24,8 @@ S = SandboxState
 #: state -> states it may move to.
 TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
     S.CREATING: frozenset({S.RUNNING, S.POOLED, S.ERROR, S.KILLING}),
-    S.RUNNING: frozenset({S.KILLING, S.ERROR}),
+    S.RUNNING: frozenset({S.KILLING, S.ERROR, S.PAUSED}),
+    S.PAUSED: frozenset({S.RUNNING, S.KILLING}),
     S.KILLING: frozenset({S.KILLED, S.ERROR}),
     S.ERROR: frozenset({S.KILLING}),
     S.KILLED: frozenset(),
@@ -32,7 +35,7 @@ TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
 
 #: States that count against a tenant's quota. Pooled sandboxes hold host
 #: resources too, but belong to no tenant until they are handed out.
-ACTIVE: frozenset[SandboxState] = frozenset({S.CREATING, S.RUNNING, S.KILLING})
+ACTIVE: frozenset[SandboxState] = frozenset({S.CREATING, S.RUNNING, S.PAUSED, S.KILLING})
 
 #: States a tenant may see or filter on; the pool is internal.
 PUBLIC: frozenset[SandboxState] = frozenset(set(SandboxState) - {S.POOLED})
@@ -53,6 +56,12 @@ def require(
     is not allowed in ``current``."""
     if SandboxState(current) in allowed:
         return
+    if current == S.PAUSED:
+        raise SandboxPaused(
+            f"cannot {operation} sandbox {sandbox_id}: it is paused; resume it first "
+            f"(POST /v1/sandboxes/{sandbox_id}/resume)",
+            state=current,
+        )
     hint = {
         S.CREATING: "wait until it is running",
         S.KILLING: "it is being deleted",

@@ -41,7 +41,7 @@ class Recovery:
     async def sweep(self) -> list[str]:
         """Kill every sandbox whose deadline passed; returns their ids. Pool
         members have no deadline."""
-        due = await self._store.expired(self._clock(), [S.RUNNING, S.ERROR])
+        due = await self._store.expired(self._clock(), [S.RUNNING, S.PAUSED, S.ERROR])
         killed: list[str] = []
         for record in due:
             try:
@@ -68,7 +68,7 @@ class Recovery:
         while True:
             page = await self._store.list_sandboxes(
                 tenant=None,
-                statuses=[S.POOLED, S.CREATING, S.RUNNING, S.KILLING, S.ERROR],
+                statuses=[S.POOLED, S.CREATING, S.RUNNING, S.PAUSED, S.KILLING, S.ERROR],
                 limit=1000,
                 cursor=page_cursor,
             )
@@ -81,7 +81,8 @@ class Recovery:
                 await self._reconcile_member(record.id, report)
                 continue
             expired = record.expires_at is not None and record.expires_at <= now
-            if record.status == S.RUNNING and not expired:
+            # A paused sandbox stays frozen: adopted as it is.
+            if record.status in (S.RUNNING, S.PAUSED) and not expired:
                 if await self._runtime.adopt(record.id):
                     report["adopted"].append(record.id)
                     continue

@@ -305,12 +305,17 @@ class SandboxService:
     async def set_timeout(self, tenant: str, sandbox_id: str, seconds: int) -> SandboxRecord:
         check_timeout(self._limits, seconds)
         record = await self.get(tenant, sandbox_id)
-        require(record.status, frozenset({S.CREATING, S.RUNNING}), "set the timeout of", sandbox_id)
+        require(
+            record.status,
+            frozenset({S.CREATING, S.RUNNING, S.PAUSED}),
+            "set the timeout of",
+            sandbox_id,
+        )
         now = self._clock()
         updated = await self._store.update_sandbox(
             sandbox_id,
             {"expires_at": now + timedelta(seconds=seconds), "updated_at": now},
-            only_from=[S.CREATING, S.RUNNING],
+            only_from=[S.CREATING, S.RUNNING, S.PAUSED],
         )
         if updated is None:
             return await self.get(tenant, sandbox_id)
@@ -342,7 +347,7 @@ class SandboxService:
             record = await self._store.get_sandbox(sandbox_id)
             if record is None or record.status == S.KILLED:
                 return
-            was_running = record.status == S.RUNNING
+            was_running = record.status in (S.RUNNING, S.PAUSED)
             await self._store.update_sandbox(
                 sandbox_id,
                 {"status": S.KILLING, "updated_at": self._clock()},
@@ -362,6 +367,38 @@ class SandboxService:
             )
         self._locks.pop(sandbox_id, None)
         self._telemetry.killed(reason, was_running)
+
+    # -- pause / resume ----------------------------------------------------------------
+
+    async def pause(self, tenant: str, sandbox_id: str) -> SandboxRecord:
+        """Freeze a running sandbox; pausing a paused one changes nothing."""
+        async with self._lock(sandbox_id):
+            record = await self.get(tenant, sandbox_id)
+            if record.status == S.PAUSED:
+                return record
+            require(record.status, frozenset({S.RUNNING}), "pause", sandbox_id)
+            await self._runtime.pause(sandbox_id)
+            updated = await self._store.update_sandbox(
+                sandbox_id,
+                {"status": S.PAUSED, "updated_at": self._clock()},
+                only_from=[S.RUNNING],
+            )
+        return updated or await self.get(tenant, sandbox_id)
+
+    async def resume(self, tenant: str, sandbox_id: str) -> SandboxRecord:
+        """Thaw a paused sandbox; resuming a running one changes nothing."""
+        async with self._lock(sandbox_id):
+            record = await self.get(tenant, sandbox_id)
+            if record.status == S.RUNNING:
+                return record
+            require(record.status, frozenset({S.PAUSED}), "resume", sandbox_id)
+            await self._runtime.resume(sandbox_id)
+            updated = await self._store.update_sandbox(
+                sandbox_id,
+                {"status": S.RUNNING, "updated_at": self._clock()},
+                only_from=[S.PAUSED],
+            )
+        return updated or await self.get(tenant, sandbox_id)
 
     # -- inside the sandbox -------------------------------------------------------------
 
