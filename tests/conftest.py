@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from tests.support.cgroup_scope import CgroupScope
 from tests.support.leaks import leftovers
-from tests.support.server import ServerProcess, free_port
+from tests.support.server import ServerProcess, free_port, purge_data_dir
 
 TEST_ROOT = Path(os.environ.get("SANDBANK_TEST_ROOT", "/var/lib/sandbank-test"))
 TEMPLATES = Path(os.environ.get("SANDBANK_TEST_TEMPLATES", str(TEST_ROOT / "templates")))
@@ -42,12 +43,23 @@ def run_cgroups() -> list[str]:
     return SCOPE.sandbox_cgroups() if SCOPE is not None else []
 
 
+def purge_dead_runs() -> None:
+    """Clean up after earlier runs that were killed before their own cleanup."""
+    for run in TEST_ROOT.glob("run-*"):
+        pid = run.name.removeprefix("run-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            for data_dir in [d for d in run.iterdir() if d.is_dir()]:
+                purge_data_dir(data_dir, TEMPLATES)
+            shutil.rmtree(run, ignore_errors=True)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     global SCOPE
     if is_root():
         TEST_ROOT.mkdir(parents=True, exist_ok=True)
         # Root inside a sandbox is an unprivileged host uid that must traverse here.
         os.chmod(TEST_ROOT, 0o711)
+        purge_dead_runs()
         RUN_ROOT.mkdir(mode=0o711, exist_ok=True)
         SCOPE = CgroupScope(f"sandbank-test-{os.getpid()}")
         SCOPE.enter()

@@ -104,23 +104,7 @@ class ServerProcess:
         """After the server stopped: tear down whatever of its sandboxes is
         left on the host (a failed test must not leak mounts or processes),
         then remove its data dir."""
-        import asyncio
-        import shutil
-
-        from sandbank.runtime.linux.driver import LinuxRuntime
-
-        async def destroy_all() -> None:
-            runtime = LinuxRuntime(self.data_dir, self.templates_dir)
-            await runtime.start()
-            try:
-                for sandbox_id in await runtime.running():
-                    await runtime.destroy(sandbox_id)
-            finally:
-                await runtime.close()
-
-        if self.data_dir.exists():
-            asyncio.run(destroy_all())
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+        purge_data_dir(self.data_dir, self.templates_dir)
         self.log_path.unlink(missing_ok=True)
 
     def client(self, key: str | None = None) -> httpx.Client:
@@ -129,3 +113,24 @@ class ServerProcess:
             headers={"Authorization": f"Bearer {key or self.api_key}"},
             timeout=120,
         )
+
+
+def purge_data_dir(data_dir: Path, templates_dir: Path) -> None:
+    """Destroy every sandbox the runtime finds under ``data_dir``, then remove it."""
+    import asyncio
+    import shutil
+
+    from sandbank.runtime.linux.driver import LinuxRuntime
+
+    async def destroy_all() -> None:
+        runtime = LinuxRuntime(data_dir, templates_dir)
+        await runtime.start()
+        try:
+            for sandbox_id in await runtime.running():
+                await runtime.destroy(sandbox_id)
+        finally:
+            await runtime.close()
+
+    if data_dir.exists():
+        asyncio.run(destroy_all())
+        shutil.rmtree(data_dir, ignore_errors=True)
