@@ -91,6 +91,14 @@ def sandboxes(infos: list[SandboxInfo]) -> None:
     _console.print(table)
 
 
+def sandbox_or_json(info: SandboxInfo, as_json: bool) -> None:
+    """One sandbox as --json asks, else as a table for people."""
+    if as_json:
+        print_json(info.to_dict())
+    else:
+        sandbox(info)
+
+
 def sandbox(info: SandboxInfo) -> None:
     rows = [
         ("id", info.id),

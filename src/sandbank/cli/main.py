@@ -119,10 +119,7 @@ def create(
         base_url=options.url,
     )
     sandbox.close()
-    if as_json:
-        _render.print_json(sandbox.info.to_dict())
-    else:
-        _render.sandbox(sandbox.info)
+    _render.sandbox_or_json(sandbox.info, as_json)
 
 
 @app.command("ls")
@@ -155,10 +152,7 @@ def info(
     """Show one sandbox."""
     with _options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.info
-    if as_json:
-        _render.print_json(details.to_dict())
-    else:
-        _render.sandbox(details)
+    _render.sandbox_or_json(details, as_json)
 
 
 @app.command("exec")
@@ -275,10 +269,7 @@ def timeout(
     """Kill a sandbox SECONDS from now instead."""
     with _options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.set_timeout(seconds)
-    if as_json:
-        _render.print_json(details.to_dict())
-    else:
-        _render.sandbox(details)
+    _render.sandbox_or_json(details, as_json)
 
 
 @app.command()
@@ -290,10 +281,7 @@ def pause(
     """Freeze a sandbox (memory kept, no CPU) until it is resumed."""
     with _options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.pause()
-    if as_json:
-        _render.print_json(details.to_dict())
-    else:
-        _render.sandbox(details)
+    _render.sandbox_or_json(details, as_json)
 
 
 @app.command()
@@ -305,10 +293,7 @@ def resume(
     """Resume a paused sandbox."""
     with _options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.resume()
-    if as_json:
-        _render.print_json(details.to_dict())
-    else:
-        _render.sandbox(details)
+    _render.sandbox_or_json(details, as_json)
 
 
 @app.command()
