@@ -31,6 +31,11 @@ STDIN_MODES = ("none", "bytes", "open")
 
 
 def start(conn: Conn, req: dict[str, Any]) -> None:
+    if req.get("pty") is not None:
+        from sandbank.agent import ptys
+
+        ptys.start(conn, req)
+        return
     argv = processes._argv(req.get("cmd"))
     who = identity(req.get("user"))
     env = processes._env(req.get("env"), who)
@@ -91,6 +96,12 @@ def attach(conn: Conn, req: dict[str, Any]) -> None:
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise errors.BadRequest("offset must be a non-negative integer")
     follow = req.get("follow", True) is not False
+    if job.spec.get("pty"):
+        from sandbank.agent import ptys
+
+        conn.ok(pid=job.pid, job=job.info())
+        ptys.replay(conn, job, offset, follow)  # type: ignore[arg-type]
+        return
     fd = os.open(job.output_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         conn.ok(pid=job.pid, job=job.info())
@@ -171,7 +182,8 @@ def stdin(conn: Conn, req: dict[str, Any]) -> None:
             raise errors.Conflict(
                 f"process {job.pid} no longer reads its stdin (it is exiting)", pid=job.pid
             ) from None
-    if req.get("close") is True:
+    # A terminal's input never closes: ^D (b"\x04") is its end of file.
+    if req.get("close") is True and job.stdin_mode != "pty":
         job.close_stdin()
     conn.ok(pid=job.pid, written=len(data))
 
@@ -209,10 +221,16 @@ def send_signal(conn: Conn, req: dict[str, Any]) -> None:
         if job.finished or job.child.exit_code is not None:
             raise job.exit_error("signal it")
         try:
-            os.killpg(job.pid, signo)
+            job.deliver(signo)
         except ProcessLookupError:
             raise job.exit_error("signal it") from None
     conn.ok(pid=job.pid, signal=signo)
+
+
+def resize(conn: Conn, req: dict[str, Any]) -> None:
+    from sandbank.agent import ptys
+
+    ptys.resize(conn, req)
 
 
 def _signal_number(raw: object) -> int:

@@ -107,6 +107,10 @@ class Job:
             "truncated": list(self.truncated),
         }
 
+    def deliver(self, signo: int) -> None:
+        """Signal the process's group (raises ProcessLookupError once it is gone)."""
+        os.killpg(self.pid, signo)
+
     def exit_error(self, what: str) -> errors.SandbankError:
         """409 for an operation that needs a running process."""
         code = self.child.exit_code
@@ -237,7 +241,13 @@ class Registry:
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
     def start(
-        self, spawn: Any, spec: dict[str, Any], cap: int, timeout: float | None, stdin_w: int | None
+        self,
+        spawn: Any,
+        spec: dict[str, Any],
+        cap: int,
+        timeout: float | None,
+        stdin_w: int | None,
+        kind: type[Job] = Job,
     ) -> Job:
         """Spawn through the reaper and register before anyone can ask for the pid."""
         self.prune()
@@ -255,7 +265,7 @@ class Registry:
                 child.kill_group()
                 _thread_pump_cleanup(child)
                 raise os_error(exc) from exc
-            job = Job(child, spec, directory, cap, stdin_w)
+            job = kind(child, spec, directory, cap, stdin_w)
             self._jobs[job.pid] = job
         _write_meta(job)
         threading.Thread(target=job.pump, args=(timeout,), daemon=True).start()

@@ -287,6 +287,7 @@ _JOB_OPS = {
     "wait": "wait",
     "stdin": "stdin",
     "signal": "send_signal",
+    "resize": "resize",
 }
 
 

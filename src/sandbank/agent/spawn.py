@@ -38,6 +38,8 @@ from sandbank.agent.reaper import Spawned
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandbank.agent.base import Identity
 
 #: setgroups, setresuid, setresgid: the raw system call numbers.
@@ -166,9 +168,7 @@ def _switch(who: Identity) -> _AsUser | _Unchanged | None:
     return _AsUser(who) if _numbers is not None else None
 
 
-def _spawn_on_path(
-    argv: list[str], env: dict[str, str], actions: list[tuple[int, int, int]]
-) -> int:
+def _spawn_on_path(argv: list[str], env: dict[str, str], actions: list[Any]) -> int:
     """Search PATH (the command's) as execvpe does: the first candidate that can
     be executed wins; missing ones are skipped by a stat, not by a failed spawn."""
     name = argv[0]

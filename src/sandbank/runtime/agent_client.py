@@ -310,7 +310,7 @@ class AgentClient:
     # -- background processes ------------------------------------------------------
 
     async def start(self, spec: JobSpec) -> JobInfo:
-        request = {
+        request: dict[str, Any] = {
             "op": "start",
             "cmd": list(spec.cmd),
             "env": dict(spec.env),
@@ -324,6 +324,8 @@ class AgentClient:
             else base64.b64encode(spec.stdin_data).decode(),
             "max_output": spec.max_output,
         }
+        if spec.pty is not None:
+            request["pty"] = {"cols": spec.pty[0], "rows": spec.pty[1]}
         return _job((await self._call(request))["job"])
 
     async def jobs(self) -> list[JobInfo]:
@@ -351,6 +353,7 @@ class AgentClient:
                     raise FrameError(f"malformed event frame: {exc}") from exc
                 what = event.pop("event", None)
                 if what == "truncated":
+                    at = int(event.get("offset", at))  # a terminal's ring moved on
                     yield OutputEvent(kind="truncated", offset=at, stream=event.get("stream"))
                 elif what == "exit":
                     yield OutputEvent(kind="exit", offset=at, info=_job(event))
@@ -381,6 +384,9 @@ class AgentClient:
     async def signal(self, pid: int, sig: int | str) -> None:
         await self._call({"op": "signal", "pid": pid, "signal": sig})
 
+    async def resize(self, pid: int, cols: int, rows: int) -> None:
+        await self._call({"op": "resize", "pid": pid, "cols": cols, "rows": rows})
+
 
 def _job(raw: dict[str, Any]) -> JobInfo:
     try:
@@ -400,6 +406,7 @@ def _job(raw: dict[str, Any]) -> JobInfo:
             stdin=str(raw.get("stdin") or "none"),
             output_bytes=int(raw.get("output_bytes") or 0),
             truncated=list(raw.get("truncated") or []),
+            pty=(int(raw["pty"]["cols"]), int(raw["pty"]["rows"])) if raw.get("pty") else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SandbankError(f"the agent sent a malformed process record: {raw!r}") from exc

@@ -80,6 +80,10 @@ class JobSpec:
     stdin_data: bytes | None = None
     #: Bytes kept of each stream (the head); ``None``: the agent's cap (16 MiB).
     max_output: int | None = None
+    #: ``(cols, rows)``: run on a pseudo-terminal of that size (one output
+    #: stream, the last 512 KiB kept; input with ``send_stdin``, never closed);
+    #: an empty ``cmd`` is then the user's login shell.
+    pty: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class JobInfo:
     output_bytes: int = 0
     #: The streams that hit their cap (what came later was dropped).
     truncated: list[str] = field(default_factory=list)
+    #: ``(cols, rows)`` of its terminal, if it runs on one.
+    pty: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -205,7 +211,12 @@ class SandboxChannel(Protocol):
     async def send_stdin(self, pid: int, data: bytes, close: bool = False) -> None: ...
 
     async def signal(self, pid: int, sig: int | str) -> None:
-        """Signal the process's whole group; ``sig`` is a number or a name."""
+        """Signal the process's whole group (a terminal's: its whole session);
+        ``sig`` is a number or a name."""
+        ...
+
+    async def resize(self, pid: int, cols: int, rows: int) -> None:
+        """Set the window size of a process's terminal (Conflict if it has none)."""
         ...
 
 

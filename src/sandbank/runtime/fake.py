@@ -69,6 +69,7 @@ class _FakeJob:
     exit_code: int | None = None
     signal: int | None = None
     ended_at: float | None = None
+    pty: tuple[int, int] | None = None
 
     def end(self, code: int, signo: int | None = None) -> None:
         self.exit_code, self.signal, self.ended_at = code, signo, time.time()
@@ -96,6 +97,7 @@ class _FakeJob:
             signal=self.signal,
             stdin=self.stdin,
             output_bytes=sum(len(data) for _, data in self.output),
+            pty=self.pty,
         )
 
 
@@ -214,6 +216,10 @@ class FakeChannel:
         job = _FakeJob(spec, pid, time.time(), stdin=spec.stdin)
         self._jobs()[pid] = job
         name = spec.cmd[0] if spec.cmd else ""
+        if spec.pty is not None:
+            # A terminal that echoes its input, as a tty in cooked mode would.
+            job.stdin, job.pty = "pty", spec.pty
+            return job.info()
         if not (name == "sleep" or (name == "cat" and spec.stdin == "open")):
             stdin = spec.stdin_data if spec.stdin == "bytes" else None
             result = await self.exec(ExecSpec(cmd=spec.cmd, env=spec.env, stdin=stdin))
@@ -256,10 +262,10 @@ class FakeChannel:
     async def send_stdin(self, pid: int, data: bytes, close: bool = False) -> None:
         job = self._job(pid)
         job.check_running("write to its stdin")
-        if job.stdin != "open":
+        if job.stdin not in ("open", "pty"):
             raise Conflict(f"the stdin of process {pid} is {job.stdin}", pid=pid)
         job.output.append(("stdout", data))
-        if close:
+        if close and job.stdin == "open":
             job.stdin = "closed"
             job.end(0)
 
@@ -268,6 +274,13 @@ class FakeChannel:
         job.check_running("signal it")
         number = sig if isinstance(sig, int) else int(signal.Signals[_signal_name(sig)])
         job.end(128 + number, number)
+
+    async def resize(self, pid: int, cols: int, rows: int) -> None:
+        job = self._job(pid)
+        job.check_running("resize its terminal")
+        if job.pty is None:
+            raise Conflict(f"process {pid} has no terminal to resize", pid=pid)
+        job.pty = (cols, rows)
 
 
 class FakeRuntime:
