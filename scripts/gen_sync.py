@@ -33,6 +33,10 @@ REPLACEMENTS = {
     "AsyncCommands": "Commands",
     "AsyncFilesystem": "Filesystem",
     "AsyncAdminClient": "AdminClient",
+    "AsyncPty": "Pty",
+    "AsyncPtyHandle": "PtyHandle",
+    # websockets.asyncio.client -> websockets.sync.client (the terminal's socket)
+    "asyncio": "sync",
     "AsyncApiConnection": "ApiConnection",
     "AsyncClient": "Client",
     "AsyncBaseTransport": "BaseTransport",

@@ -44,3 +44,6 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+
+# The browser terminal's xterm.js: pinned and integrity-checked, from the npm registry.
+.venv/bin/python scripts/fetch_xterm.py

@@ -12,7 +12,17 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from sandbank.runtime.base import Runtime
-from sandbank.server.api import admin, errors, files, preview, processes, sandboxes, system
+from sandbank.server.api import (
+    admin,
+    errors,
+    files,
+    preview,
+    processes,
+    sandboxes,
+    system,
+    terminal_page,
+    terminals,
+)
 from sandbank.server.api.deps import Services
 from sandbank.server.service.deadlines import DeadlineSweeper
 from sandbank.server.service.keys import DEFAULT_TENANT, KeyService
@@ -21,6 +31,7 @@ from sandbank.server.service.pool import PoolConfig
 from sandbank.server.service.preview import PreviewGate
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
+from sandbank.server.service.terminals import TerminalService
 from sandbank.server.settings import Settings
 from sandbank.server.store.base import Store
 from sandbank.server.store.sql import SqlStore
@@ -30,6 +41,8 @@ log = logging.getLogger("sandbank")
 ADMIN_KEY_FILE = "admin.key"
 #: The key preview tokens are signed with.
 PREVIEW_KEY_FILE = "preview.key"
+#: The key terminal tokens are signed with.
+TERMINAL_KEY_FILE = "terminal.key"
 
 
 def utcnow() -> datetime:
@@ -133,9 +146,12 @@ def create_app(
         telemetry=telemetry,
         base_url=settings.base_url,
         preview=PreviewGate(store, runtime, Path(settings.data_dir) / PREVIEW_KEY_FILE),
+        terminals=TerminalService(service, store, Path(settings.data_dir) / TERMINAL_KEY_FILE),
     )
     app.add_middleware(preview.PreviewHosts)
     errors.install(app)
     for module in (system, sandboxes, processes, files, admin, preview):
         app.include_router(module.router)
+    app.include_router(terminals.router)
+    app.include_router(terminal_page.router)
     return app

@@ -17,6 +17,7 @@ from ..models import NetworkInfo, SandboxInfo, SandboxMetrics
 from ._http import AsyncApiConnection, QueryValue
 from .commands import AsyncCommands
 from .files import AsyncFilesystem
+from .pty import AsyncPty
 
 SANDBOXES_PATH = "/v1/sandboxes"
 
@@ -73,6 +74,7 @@ class AsyncSandbox:
         self._path = sandbox_path(info.id)
         self.commands = AsyncCommands(connection, self._path)
         self.files = AsyncFilesystem(connection, self._path)
+        self.pty = AsyncPty(connection, self._path)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.sandbox_id} {self._info.status}>"

@@ -19,6 +19,7 @@ from ..models import NetworkInfo, SandboxInfo, SandboxMetrics
 from ._http import ApiConnection, QueryValue
 from .commands import Commands
 from .files import Filesystem
+from .pty import Pty
 
 SANDBOXES_PATH = "/v1/sandboxes"
 
@@ -75,6 +76,7 @@ class Sandbox:
         self._path = sandbox_path(info.id)
         self.commands = Commands(connection, self._path)
         self.files = Filesystem(connection, self._path)
+        self.pty = Pty(connection, self._path)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.sandbox_id} {self._info.status}>"

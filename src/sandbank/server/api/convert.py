@@ -11,7 +11,13 @@ from sandbank.server.service.params import ExecParams, short_id
 from sandbank.server.store.base import SandboxRecord
 
 
-def sandbox_out(record: SandboxRecord, base_url: str) -> SandboxOut:
+def sandbox_out(
+    record: SandboxRecord, base_url: str, terminal_token: str | None = None
+) -> SandboxOut:
+    """``terminal_token``: for the owner, whose ``terminal_url`` then opens a terminal."""
+    terminal_url = f"{base_url}/terminal/{record.id}"
+    if terminal_token is not None:
+        terminal_url += f"?token={terminal_token}"
     return SandboxOut(
         id=record.id,
         short_id=short_id(record.id),
@@ -25,7 +31,7 @@ def sandbox_out(record: SandboxRecord, base_url: str) -> SandboxOut:
         metadata=record.metadata,
         created_at=record.created_at,
         expires_at=record.expires_at,
-        terminal_url=f"{base_url}/terminal/{record.id}",
+        terminal_url=terminal_url,
         killed_at=record.killed_at,
         kill_reason=record.kill_reason,
         network=network_out(record),

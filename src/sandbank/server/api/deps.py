@@ -13,6 +13,7 @@ from sandbank.server.service.keys import KeyService, Principal
 from sandbank.server.service.preview import PreviewGate
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
+from sandbank.server.service.terminals import TerminalService
 
 
 @dataclass
@@ -23,6 +24,11 @@ class Services:
     base_url: str
     #: Preview URLs (ports of sandboxes through the server); None: not offered.
     preview: PreviewGate | None = None
+    #: Terminals and the browser terminal's tokens.
+    terminals: TerminalService | None = None
+
+    def terminal_token(self, sandbox_id: str) -> str | None:
+        return None if self.terminals is None else self.terminals.token(sandbox_id)
 
 
 def services(request: Request) -> Services:

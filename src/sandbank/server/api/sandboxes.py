@@ -45,7 +45,7 @@ async def create_sandbox(body: CreateSandboxRequest, svc: Svc, caller: Caller) -
             network=body.network_policy(),
         ),
     )
-    return sandbox_out(record, svc.base_url)
+    return sandbox_out(record, svc.base_url, svc.terminal_token(record.id))
 
 
 @router.get("", response_model=SandboxList)
@@ -72,13 +72,18 @@ async def list_sandboxes(
         caller.tenant, status=status, metadata=metadata, limit=limit, cursor=cursor
     )
     return SandboxList(
-        data=[sandbox_out(r, svc.base_url) for r in page.items], next_cursor=page.next_cursor
+        data=[sandbox_out(r, svc.base_url, svc.terminal_token(r.id)) for r in page.items],
+        next_cursor=page.next_cursor,
     )
 
 
 @router.get("/{sandbox_id}", response_model=SandboxOut)
 async def get_sandbox(sandbox_id: SandboxId, svc: Svc, caller: Caller) -> SandboxOut:
-    return sandbox_out(await svc.sandboxes.get(caller.tenant, sandbox_id), svc.base_url)
+    return sandbox_out(
+        await svc.sandboxes.get(caller.tenant, sandbox_id),
+        svc.base_url,
+        svc.terminal_token(sandbox_id),
+    )
 
 
 @router.delete("/{sandbox_id}", status_code=204)
@@ -92,19 +97,27 @@ async def set_timeout(
     sandbox_id: SandboxId, body: TimeoutRequest, svc: Svc, caller: Caller
 ) -> SandboxOut:
     record = await svc.sandboxes.set_timeout(caller.tenant, sandbox_id, body.timeout)
-    return sandbox_out(record, svc.base_url)
+    return sandbox_out(record, svc.base_url, svc.terminal_token(record.id))
 
 
 @router.post("/{sandbox_id}/pause", response_model=SandboxOut)
 async def pause_sandbox(sandbox_id: SandboxId, svc: Svc, caller: Caller) -> SandboxOut:
     """Freeze every process of a running sandbox (memory kept, no CPU); idempotent."""
-    return sandbox_out(await svc.sandboxes.pause(caller.tenant, sandbox_id), svc.base_url)
+    return sandbox_out(
+        await svc.sandboxes.pause(caller.tenant, sandbox_id),
+        svc.base_url,
+        svc.terminal_token(sandbox_id),
+    )
 
 
 @router.post("/{sandbox_id}/resume", response_model=SandboxOut)
 async def resume_sandbox(sandbox_id: SandboxId, svc: Svc, caller: Caller) -> SandboxOut:
     """Thaw a paused sandbox; idempotent."""
-    return sandbox_out(await svc.sandboxes.resume(caller.tenant, sandbox_id), svc.base_url)
+    return sandbox_out(
+        await svc.sandboxes.resume(caller.tenant, sandbox_id),
+        svc.base_url,
+        svc.terminal_token(sandbox_id),
+    )
 
 
 @router.get("/{sandbox_id}/network", response_model=NetworkOut)
