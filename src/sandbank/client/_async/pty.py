@@ -196,13 +196,15 @@ class AsyncPty:
         base = config.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         url = f"{base}{self._path}/{pid}/ws?{urlencode({'offset': offset})}"
         try:
+            # Entered as a context manager (the blocking twin's client wants
+            # that); the handle closes it.
             socket = await connect(
                 url,
                 additional_headers=config.headers(),
                 ssl=tls_context() if url.startswith("wss://") else None,
                 open_timeout=OPEN_TIMEOUT,
                 max_size=None,
-            )
+            ).__aenter__()
         except InvalidStatus as exc:
             response = exc.response
             raise error_from_response(
