@@ -16,8 +16,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from sandbank import Sandbox
-from sandbank.client._sync.pty import PtyHandle, PtySize
+from sandbank import PtyHandle, PtySize, Sandbox
 from tests.support.server import ServerProcess
 
 Make = Callable[..., dict[str, Any]]

@@ -21,8 +21,9 @@ from typing import Annotated
 
 import typer
 
-from sandbank.client._async.pty import AsyncPtyHandle, PtySize
+from sandbank.client._async.pty import AsyncPtyHandle
 from sandbank.client._async.sandbox import AsyncSandbox
+from sandbank.client.pty_types import PtySize
 
 from ._options import ServerOptions
 

@@ -6,8 +6,10 @@ Both speak only HTTP to a sandbank server; ``_sync`` is generated from
 
 from sandbank.client._async import AsyncAdminClient, AsyncSandbox
 from sandbank.client._async.process import CommandHandle as AsyncCommandHandle
+from sandbank.client._async.pty import AsyncPtyHandle
 from sandbank.client._sync import AdminClient, Sandbox
 from sandbank.client._sync.process import CommandHandle, ProcessInfo
+from sandbank.client._sync.pty import PtyHandle
 from sandbank.client.exceptions import CommandExitError, ServerUnreachable
 from sandbank.client.models import (
     ALL_TRAFFIC,
@@ -19,6 +21,7 @@ from sandbank.client.models import (
     SandboxMetrics,
     TemplateInfo,
 )
+from sandbank.client.pty_types import PtyInfo, PtyResult, PtySize
 
 __all__ = [
     "ALL_TRAFFIC",
@@ -26,6 +29,7 @@ __all__ = [
     "ApiKeyInfo",
     "AsyncAdminClient",
     "AsyncCommandHandle",
+    "AsyncPtyHandle",
     "AsyncSandbox",
     "CommandExitError",
     "CommandHandle",
@@ -33,6 +37,10 @@ __all__ = [
     "EntryInfo",
     "NetworkInfo",
     "ProcessInfo",
+    "PtyHandle",
+    "PtyInfo",
+    "PtyResult",
+    "PtySize",
     "Sandbox",
     "SandboxInfo",
     "SandboxMetrics",

@@ -11,7 +11,6 @@ frames are terminal bytes; see ``sandbank.protocol.pty_ws``).
 from __future__ import annotations
 
 from collections.abc import Iterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,48 +21,13 @@ from sandbank import errors
 from sandbank.protocol import pty_ws
 
 from .._config import error_from_response, tls_context
+from ..pty_types import PtyInfo, PtyResult, PtySize
 from ._http import ApiConnection
-from .process import ProcessInfo
 
 #: A callback for a chunk of terminal output.
 DataHandler = Callable[[bytes], object]
 #: Seconds to wait for the WebSocket's opening handshake.
 OPEN_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class PtySize:
-    """A terminal's window size (E2B's ``PtySize(rows=, cols=)``)."""
-
-    rows: int = 24
-    cols: int = 80
-
-
-@dataclass(frozen=True)
-class PtyInfo(ProcessInfo):
-    """A terminal: a process record plus its window size."""
-
-    cols: int = 0
-    rows: int = 0
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PtyInfo:
-        base = ProcessInfo.from_dict(data)
-        return cls(
-            **{name: getattr(base, name) for name in base.__dataclass_fields__},
-            cols=int(data.get("cols") or 0),
-            rows=int(data.get("rows") or 0),
-        )
-
-
-@dataclass(frozen=True)
-class PtyResult:
-    """How a terminal's process ended (``signal`` set when one killed it:
-    ``exit_code`` is then 128+N)."""
-
-    exit_code: int
-    signal: int | None = None
-    timed_out: bool = False
 
 
 class PtyHandle:
