@@ -36,6 +36,7 @@ Background processes (they outlive every connection, the server's included):
 ``wait``   {pid, timeout} -> ok+job
 ``stdin``  {pid, data_b64, close} -> ok+written
 ``signal`` {pid, signal} -> ok+signal
+``resize`` {pid, cols, rows} -> ok+cols+rows (terminals only)
 
 A job is ``{pid, tag, cmd, cwd, env_keys, user, started_at, ended_at, running,
 exit_code, signal, timed_out, stdin, output_bytes, truncated}``: ``signal`` is
@@ -92,6 +93,19 @@ Details every implementation keeps:
   name, ``TERM`` or ``SIGTERM``) goes to the whole process group.
 * Ended processes stay listed for 10 minutes. All of this lives as long as
   the agent does.
+* Terminals: ``start`` with ``pty: {cols, rows}`` (1-65535 each) runs the
+  command on a pseudo-terminal, as the leader of a new session with the pty as
+  its controlling terminal; an empty or missing ``cmd`` is the user's login
+  shell (``[shell, "-l"]``), and ``env`` gets TERM=xterm-256color,
+  LANG/LC_ALL=C.UTF-8 where it lacks them. Its job has ``stdin: "pty"`` and
+  ``pty: {cols, rows}``. ``stdin`` writes to the terminal (``close`` is
+  ignored: ``^D`` is a terminal's end of input); ``attach`` replays from the
+  last 512 KiB of output (one stream, ``O`` frames) and, when ``offset`` is
+  older than that, starts with ``J{"event": "truncated", "stream": "pty",
+  "offset": N}``; ``signal`` goes to every process of its session; ``resize``
+  on a process without a terminal is ``conflict``, on one that ended
+  ``conflict`` with ``exit_code``. At most 32 terminals run at once:
+  ``quota_exceeded`` past that.
 * ``hostname`` rewrites the files only, keeping every other line of /etc/hosts
   (a ``127.0.1.1`` line is added if there is none). The kernel's hostname is the
   runtime's to set: a container's agent lacks CAP_SYS_ADMIN.
