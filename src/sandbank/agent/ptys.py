@@ -249,7 +249,10 @@ def start(conn: Conn, req: dict[str, Any]) -> None:
 
         def begin() -> Spawned:
             spawned = _spawn(argv, env, cwd, who, slave)
+            # From here on the process's record closes these, whatever follows.
             spawned.stdout, spawned.stderr = reader, spare
+            fds.remove(reader)
+            fds.remove(spare)
             return spawned
 
         spec = {
@@ -265,7 +268,7 @@ def start(conn: Conn, req: dict[str, Any]) -> None:
             raise errors.BadRequest(
                 f"cannot run {argv[0]}: {exc.strerror or exc}", exit_code=code
             ) from None
-        fds = [master, slave]  # the rest belong to the job now
+        fds.remove(writer)  # the job's now
     finally:
         for fd in fds:
             os.close(fd)
