@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -214,3 +217,63 @@ async def _browser_session(url: str, token: str) -> None:
     kinds = [event["type"] for event in events]
     assert kinds[0] == "error" and events[0]["code"] == "invalid_request"
     assert "resized" in kinds and kinds[-1] == "exit" and events[-1]["exit_code"] == 0
+
+
+_PAGE_HARNESS = r"""
+// Runs the page's own terminal.js against the server, with xterm.js and the
+// DOM stubbed and Node's fetch and WebSocket for real.
+const fs = require("fs");
+const [script, pageUrl] = process.argv.slice(2);
+let written = "";
+const handlers = {};
+globalThis.Terminal = class {
+  constructor() { this.cols = 80; this.rows = 24; }
+  loadAddon() {} open() {} focus() {}
+  write(data) { written += typeof data === "string" ? data : Buffer.from(data).toString(); }
+  onData(f) { handlers.data = f; } onBinary() {} onResize() {}
+};
+globalThis.FitAddon = { FitAddon: class { fit() {} } };
+globalThis.document = { getElementById: () => ({}) };
+globalThis.window = { addEventListener() {} };
+globalThis.location = new URL(pageUrl);
+const store = new Map();
+globalThis.sessionStorage = {
+  getItem: (k) => (store.has(k) ? store.get(k) : null),
+  setItem: (k, v) => store.set(k, String(v)),
+  removeItem: (k) => store.delete(k),
+};
+eval(fs.readFileSync(script, "utf8"));
+const until = async (test, ms) => {
+  const end = Date.now() + ms;
+  while (!test()) {
+    if (Date.now() > end) { console.log(JSON.stringify(written)); process.exit(1); }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+};
+(async () => {
+  await until(() => /[$#] $/.test(written), 20000);
+  handlers.data("echo js-$((2+3))\r");
+  await until(() => written.includes("js-5"), 20000);
+  console.log("OK " + store.size);
+  process.exit(0);
+})();
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_the_page_script_opens_a_shell(
+    server: ServerProcess, api: httpx.Client, sandbox: dict[str, Any], tmp_path: Path
+) -> None:
+    """terminal.js itself: creates a terminal with the URL's token, opens the
+    WebSocket, shows the prompt and runs what is typed."""
+    url = api.get(f"/v1/sandboxes/{sandbox['id']}").json()["terminal_url"]
+    harness = tmp_path / "harness.js"
+    harness.write_text(_PAGE_HARNESS)
+    script = Path(__file__).resolve().parents[2] / "src/sandbank/dashboard/terminal.js"
+    done = subprocess.run(
+        ["node", "--experimental-websocket", "--no-warnings", str(harness), str(script), url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("OK 1"), done.stdout + done.stderr
+    ptys = api.get(f"/v1/sandboxes/{sandbox['id']}/pty").json()["ptys"]
+    assert len(ptys) == 1 and (ptys[0]["cols"], ptys[0]["rows"]) == (80, 24)

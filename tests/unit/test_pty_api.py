@@ -70,6 +70,10 @@ def test_the_token_opens_this_sandbox_only(client: TestClient) -> None:
     for sandbox_id, given in ((other, token), (sid, other_token), ("nope", token)):
         refused = client.get(f"/v1/sandboxes/{sandbox_id}/pty?token={given}", headers=anon)
         assert refused.status_code == 404 and refused.json()["code"] == "sandbox_not_found"
+    # Another tenant's API key sees no sandbox there.
+    key = client.post("/v1/keys", json={"tenant": "other-tenant"}).json()["key"]
+    foreign = client.get(f"/v1/sandboxes/{sid}/pty", headers={"Authorization": f"Bearer {key}"})
+    assert foreign.status_code == 404 and foreign.json()["code"] == "sandbox_not_found"
     # The token opens terminals, nothing else of the sandbox.
     assert client.get(f"/v1/sandboxes/{sid}?token={token}", headers=anon).status_code == 401
     page = client.get(f"/terminal/{sid}?token={token}", headers=anon)
