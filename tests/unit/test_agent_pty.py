@@ -5,6 +5,7 @@ the replay ring, through ``AgentClient``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -156,3 +157,34 @@ async def test_the_default_command_is_a_login_shell(client: AgentClient) -> None
     await read_until(client, job.pid, b"LOGIN-xterm-256color")
     await client.signal(job.pid, "HUP")
     await client.wait(job.pid, 10)
+
+
+async def test_a_timeout_kills_the_session(client: AgentClient) -> None:
+    job = await client.start(JobSpec(cmd=["sh", "-c", "sleep 100"], pty=(80, 24), timeout=0.3))
+    done = await client.wait(job.pid, 10)
+    assert done.timed_out and done.exit_code == 137 and done.signal == 9
+
+
+async def test_at_most_so_many_terminals_run_at_once(client: AgentClient) -> None:
+    from sandbank.errors import QuotaExceeded
+
+    started = [
+        await client.start(JobSpec(cmd=["sleep", "30"], pty=(80, 24)))
+        for _ in range(ptys.MAX_RUNNING)
+    ]
+    try:
+        with pytest.raises(QuotaExceeded) as exc:
+            await client.start(JobSpec(cmd=["sleep", "30"], pty=(80, 24)))
+        assert exc.value.details["limit"] == ptys.MAX_RUNNING
+        # Pipe jobs do not count, and an ended terminal frees its place.
+        piped = await client.start(JobSpec(cmd=["true"]))
+        await client.wait(piped.pid, 5)
+        await client.signal(started[0].pid, "KILL")
+        await client.wait(started[0].pid, 5)
+        extra = await client.start(JobSpec(cmd=["sleep", "30"], pty=(80, 24)))
+        started.append(extra)
+    finally:
+        for job in started:
+            with contextlib.suppress(Conflict):
+                await client.signal(job.pid, "KILL")
+            await client.wait(job.pid, 5)
