@@ -27,13 +27,15 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 class Tmux:
     """A tmux server of this test's own (its own socket), with one session."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path) -> None:
         self.socket = f"sandbank-test-{os.getpid()}-{secrets.token_hex(3)}"
+        # The server's socket goes in the test's own directory, not /tmp.
+        self.env = {**os.environ, "TMUX_TMPDIR": str(directory)}
 
     def __call__(self, *args: str) -> str:
         done = subprocess.run(
             ["tmux", "-L", self.socket, "-f", "/dev/null", *args],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True, text=True, timeout=30, check=True, env=self.env,
         )  # fmt: skip
         return done.stdout
 
@@ -55,10 +57,13 @@ class Tmux:
 
 
 @pytest.fixture
-def tmux() -> Iterator[Tmux]:
-    session = Tmux()
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    session = Tmux(tmp_path)
     yield session
-    subprocess.run(["tmux", "-L", session.socket, "kill-server"], capture_output=True, timeout=30)
+    subprocess.run(
+        ["tmux", "-L", session.socket, "kill-server"],
+        capture_output=True, timeout=30, env=session.env,
+    )  # fmt: skip
 
 
 def test_shell_in_tmux(
