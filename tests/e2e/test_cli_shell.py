@@ -97,3 +97,23 @@ def test_shell_in_tmux(
     screen = tmux.wait_for(r"CLI-EXIT=\d+\s+-?icanon")
     assert "CLI-EXIT=3" in screen
     assert re.search(r"(?m)^icanon\s*$", screen), screen
+
+
+def test_shell_without_a_terminal(
+    client_env: dict[str, str], make_sandbox: Callable[..., dict[str, Any]]
+) -> None:
+    """Piped input is typed in as it comes; the exit code still comes back."""
+    sid = make_sandbox()["id"]
+    env = {**client_env, "PYTHONPATH": str(SRC)}
+    base = [sys.executable, "-m", "sandbank.cli", "shell", sid]
+    piped = subprocess.run(
+        base, input=b"echo piped-$((3*3)); exit 4\n", capture_output=True, env=env, timeout=60
+    )
+    assert piped.returncode == 4, piped.stderr
+    assert b"piped-9" in piped.stdout
+    with open(os.devnull, "rb") as nothing:
+        done = subprocess.run(
+            [*base, "--", "sh", "-c", "echo from-cmd; exit 6"],
+            stdin=nothing, capture_output=True, env=env, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 6 and b"from-cmd" in done.stdout, done.stderr

@@ -80,7 +80,11 @@ async def _pump(handle: AsyncPtyHandle, stdin: int, stdout: int) -> int:
     def resized() -> None:
         keys.put_nowait(_size(stdout))
 
-    loop.add_reader(stdin, readable)
+    try:
+        loop.add_reader(stdin, readable)
+    except PermissionError:  # a regular file or /dev/null: epoll cannot watch it
+        while data := os.read(stdin, READ_SIZE):
+            keys.put_nowait(data)
     interactive = os.isatty(stdout)
     if interactive:
         loop.add_signal_handler(signal.SIGWINCH, resized)
