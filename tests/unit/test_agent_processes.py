@@ -281,7 +281,11 @@ def test_ended_processes_are_pruned_after_the_retention(tmp_path: Path) -> None:
     for pid, ended in ((1, now - jobs.RETAIN_SECONDS - 1), (2, now - 5), (3, None)):
         (tmp_path / str(pid)).mkdir()
         record = SimpleNamespace(
-            pid=pid, finished=ended is not None, ended_at=ended, directory=str(tmp_path / str(pid))
+            pid=pid,
+            finished=ended is not None,
+            ended_at=ended,
+            directory=str(tmp_path / str(pid)),
+            live=[],
         )
         registry._jobs[pid] = record  # type: ignore[assignment]
     registry.prune()

@@ -175,7 +175,9 @@ async def test_async_sdk_over_the_app(transport: httpx.ASGITransport) -> None:
             await sbx.commands.connect(31337)
         with pytest.raises(ValidationFailed):
             await sbx.commands.run("cat", stdin=True)
-        with pytest.raises(ValidationFailed):
-            await sbx.commands.run("true", background=True, on_stdout=chunks.append)
+        # Handlers given with background=True are called by the handle's wait().
+        later: list[str] = []
+        echo = await sbx.commands.run("echo later", background=True, on_stdout=later.append)
+        assert (await echo.wait()).stdout == "later\n" and later == ["later\n"]
     finally:
         await sbx.kill()

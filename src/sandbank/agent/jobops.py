@@ -54,9 +54,12 @@ def start(conn: Conn, req: dict[str, Any]) -> None:
     def begin() -> Spawned:
         return spawn.spawn(argv, env, cwd, who, stdin_r)
 
+    foreground = req.get("foreground") is True
     spec = {
         "cmd": argv, "cwd": cwd, "user": who.name, "tag": tag,
         "env_keys": sorted(env), "stdin": mode,
+        "env": _shown_env(req.get("show_env"), env),
+        "kind": "foreground" if foreground else "background",
     }  # fmt: skip
     try:
         job = jobs.registry().start(begin, spec, cap, timeout, stdin_w)
@@ -76,6 +79,35 @@ def start(conn: Conn, req: dict[str, Any]) -> None:
     finally:
         os.close(stdin_r)
     conn.ok(pid=job.pid, tag=tag, job=job.info())
+    if foreground:
+        _hold(conn, job)
+
+
+def _hold(conn: Conn, job: Job) -> None:
+    """A foreground process: its output follows on this connection, and a client
+    that hangs up before the exit (or a server that dies) takes it along."""
+    fd = os.open(job.output_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _replay(conn, job, fd, 0, True, hold=True)
+    except OSError:
+        pass  # the client is gone mid-send
+    finally:
+        os.close(fd)
+        with job.cond:
+            job.hold_seq = None
+            job.cond.notify_all()
+            if not job.finished:
+                job.child.kill_group()
+
+
+def _shown_env(raw: object, env: dict[str, str]) -> dict[str, str]:
+    """The variables ``jobs`` reports with their values: those given with the
+    command. The sandbox's own (which may hold secrets) are listed by name only."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, list) or not all(isinstance(key, str) for key in raw):
+        raise errors.BadRequest("show_env must be a list of variable names")
+    return {key: env[key] for key in raw if key in env}
 
 
 def list_jobs(conn: Conn, req: dict[str, Any]) -> None:
@@ -99,16 +131,24 @@ def attach(conn: Conn, req: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _replay(conn: Conn, job: Job, fd: int, want: int, follow: bool) -> None:
+def _replay(conn: Conn, job: Job, fd: int, want: int, follow: bool, hold: bool = False) -> None:
+    """Stored output from ``want``, then (``follow``) live output, including what
+    comes past the cap (from the window in memory), then the exit. A ``hold``
+    reader advances ``job.hold_seq``, which a pump past the cap waits for."""
     pos = 0  # in the file
     at = 0  # in the output, both streams
+    with job.cond:
+        cursor = job.live_next  # live output from now on
     while True:
         with job.cond:
-            while follow and pos == job.written and not job.finished:
+            while follow and pos == job.written and cursor == job.live_next and not job.finished:
                 job.cond.wait(CLIENT_CHECK_SECONDS)
                 if pos == job.written and not _client_alive(conn):
                     return
             written, finished = job.written, job.finished
+            fresh = [chunk for chunk in job.live if chunk[0] >= cursor] if follow else []
+            lost = (fresh[0][0] if fresh else job.live_next) > cursor if follow else False
+            cursor = job.live_next if follow else cursor
         while pos < written:
             kind, length = HEADER.unpack(os.pread(fd, HEADER.size, pos))
             payload = os.pread(fd, length, pos + HEADER.size) if length else b""
@@ -120,6 +160,14 @@ def _replay(conn: Conn, job: Job, fd: int, want: int, follow: bool) -> None:
             if at + length > want:
                 conn.send(kind, payload[max(0, want - at) :])
             at += length
+        if lost:
+            conn.send_json({"event": "truncated", "stream": "live"})
+        for _, kind, data in fresh:
+            conn.send(kind, data)
+        if hold and fresh:
+            with job.cond:
+                job.hold_seq = cursor
+                job.cond.notify_all()
         if finished:
             conn.send_json({"event": "exit", **job.info()})
             return
@@ -243,7 +291,7 @@ def _cap(raw: object) -> int:
         return jobs.MAX_OUTPUT
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
         raise errors.BadRequest("max_output must be a non-negative number of bytes")
-    return min(raw, jobs.MAX_OUTPUT)
+    return raw  # the server bounds it
 
 
 def _client_alive(conn: Conn) -> bool:

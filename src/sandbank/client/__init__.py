@@ -7,7 +7,7 @@ Both speak only HTTP to a sandbank server; ``_sync`` is generated from
 from sandbank.client._async import AsyncAdminClient, AsyncSandbox
 from sandbank.client._async.process import CommandHandle as AsyncCommandHandle
 from sandbank.client._sync import AdminClient, Sandbox
-from sandbank.client._sync.process import CommandHandle, ProcessInfo
+from sandbank.client._sync.process import CommandHandle
 from sandbank.client.exceptions import CommandExitError, ServerUnreachable
 from sandbank.client.models import (
     ALL_TRAFFIC,
@@ -15,6 +15,7 @@ from sandbank.client.models import (
     CommandResult,
     EntryInfo,
     NetworkInfo,
+    ProcessInfo,
     SandboxInfo,
     SandboxMetrics,
     TemplateInfo,

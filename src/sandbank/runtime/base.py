@@ -59,7 +59,7 @@ class ExecResult:
 
 
 StdinMode = Literal["none", "bytes", "open"]
-OutputKind = Literal["stdout", "stderr", "truncated", "exit"]
+OutputKind = Literal["start", "stdout", "stderr", "truncated", "exit"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,9 @@ class JobSpec:
     stdin_data: bytes | None = None
     #: Bytes kept of each stream (the head); ``None``: the agent's cap (16 MiB).
     max_output: int | None = None
+    #: Variables that ``jobs`` reports with their values (those given with the
+    #: command); the others are listed by name only.
+    show_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,13 +106,18 @@ class JobInfo:
     output_bytes: int = 0
     #: The streams that hit their cap (what came later was dropped).
     truncated: list[str] = field(default_factory=list)
+    #: The variables of ``JobSpec.show_env`` with their values.
+    env: dict[str, str] = field(default_factory=dict)
+    #: ``background`` (``start``) or ``foreground`` (``run``).
+    kind: str = "background"
 
 
 @dataclass(frozen=True)
 class OutputEvent:
     """One event of ``attach``: a chunk of ``stdout``/``stderr`` at ``offset``
     (bytes of both streams together; resume at ``offset + len(data)``), a
-    ``truncated`` marker naming ``stream``, or the final ``exit`` with ``info``."""
+    ``truncated`` marker naming ``stream``, or the final ``exit`` with ``info``.
+    ``run`` starts with a ``start`` event carrying ``info``."""
 
     kind: OutputKind
     data: bytes = b""
@@ -188,8 +196,14 @@ class SandboxChannel(Protocol):
 
     async def start(self, spec: JobSpec) -> JobInfo: ...
 
+    def run(self, spec: JobSpec) -> AsyncIterator[OutputEvent]:
+        """A foreground process: ``start`` whose output follows at once, led by a
+        ``start`` event with its info. Closing the iterator before the ``exit``
+        event (or losing the server) kills its process group."""
+        ...
+
     async def jobs(self) -> list[JobInfo]:
-        """Processes started with ``start``, running or ended (kept 10 minutes)."""
+        """Processes started with ``start`` or ``run``, running or ended (kept 10 minutes)."""
         ...
 
     def attach(self, pid: int, offset: int = 0, follow: bool = True) -> AsyncIterator[OutputEvent]:

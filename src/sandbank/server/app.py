@@ -64,6 +64,7 @@ def limits_of(settings: Settings) -> Limits:
         exec_timeout_max=settings.exec_timeout_max,
         pids_limit=settings.pids_limit,
         exec_max_output=settings.exec_max_output,
+        process_max_output=settings.process_max_output,
     )
 
 
