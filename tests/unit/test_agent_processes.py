@@ -299,3 +299,51 @@ async def test_stdin_to_a_process_that_stops_reading_does_not_hang(agent: Agent)
     with pytest.raises(Conflict):
         await asyncio.wait_for(client.send_stdin(job.pid, b"x" * (1 << 20)), 5)
     assert (await client.wait(job.pid, 5)).exit_code == 0
+
+
+async def test_small_writes_are_sent_as_few_frames_and_offsets_still_resume(
+    agent: Agent,
+) -> None:
+    client = agent.client()
+    job = await client.start(sh("i=0; while [ $i -lt 3000 ]; do echo l$i; i=$((i+1)); done"))
+    await client.wait(job.pid, 10)
+    expected = b"".join(f"l{i}\n".encode() for i in range(3000))
+    events = await collect(client, job.pid)
+    assert text(events) == expected
+    assert len(events) < 100  # thousands of writes, merged
+    for offset in (0, 7, 12345, len(expected) - 1):
+        tail = await collect(client, job.pid, offset=offset)
+        assert text(tail) == expected[offset:] and tail[0].offset == offset
+
+
+async def test_live_readers_get_output_past_the_cap(agent: Agent) -> None:
+    client = agent.client()
+    job = await client.start(sh("sleep 0.3; head -c 100000 /dev/zero | tr '\\0' x", max_output=10))
+    live = await collect(client, job.pid)
+    assert text(live) == b"x" * 100000
+    assert [e.stream for e in live if e.kind == "truncated"] == ["stdout"]
+    replay = await collect(client, job.pid)
+    assert text(replay) == b"x" * 10 and replay[-1].info is not None
+    assert replay[-1].info.truncated == ["stdout"] and replay[-1].info.output_bytes == 10
+
+
+async def test_run_is_foreground_and_dies_with_its_stream(agent: Agent) -> None:
+    client = agent.client()
+    spec = sh("head -c 3000000 /dev/zero | tr '\\0' y; echo done >&2", max_output=1000)
+    events = [event async for event in client.run(spec)]
+    assert events[0].kind == "start" and events[0].info is not None
+    assert events[0].info.kind == "foreground"
+    assert text(events) == b"y" * 3000000 and text(events, "stderr") == b"done\n"
+    assert events[-1].kind == "exit" and events[-1].info is not None
+    assert events[-1].info.exit_code == 0
+
+    stream = client.run(
+        sh("echo up; sleep 600", env={"SHOWN": "1", "HIDDEN": "2"}, show_env=("SHOWN",))
+    )
+    start = await anext(stream)
+    assert start.info is not None and start.info.env == {"SHOWN": "1"}
+    assert "HIDDEN" in start.info.env_keys
+    assert (await anext(stream)).data == b"up\n"
+    await stream.aclose()  # the server went away
+    ended = await client.wait(start.info.pid, 5)
+    assert ended.signal == signal.SIGKILL and ended.kind == "foreground"

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 #: How often a reader that waits for output looks whether its client is gone.
 CLIENT_CHECK_SECONDS = 0.25
+#: Bytes of the output file read at once; more than any frame.
+READ_BLOCK = 1024 * 1024
 STDIN_MODES = ("none", "bytes", "open")
 
 
@@ -150,16 +152,7 @@ def _replay(conn: Conn, job: Job, fd: int, want: int, follow: bool, hold: bool =
             lost = (fresh[0][0] if fresh else job.live_next) > cursor if follow else False
             cursor = job.live_next if follow else cursor
         while pos < written:
-            kind, length = HEADER.unpack(os.pread(fd, HEADER.size, pos))
-            payload = os.pread(fd, length, pos + HEADER.size) if length else b""
-            pos += HEADER.size + length
-            if kind == JSON:
-                if at >= want:
-                    conn.send(JSON, payload)
-                continue
-            if at + length > want:
-                conn.send(kind, payload[max(0, want - at) :])
-            at += length
+            pos, at = _send_stored(conn, fd, pos, written, at, want)
         if lost:
             conn.send_json({"event": "truncated", "stream": "live"})
         for _, kind, data in fresh:
@@ -174,6 +167,46 @@ def _replay(conn: Conn, job: Job, fd: int, want: int, follow: bool, hold: bool =
         if not follow:
             conn.send_json({"event": "more", "offset": max(at, want)})
             return
+
+
+def _send_stored(
+    conn: Conn, fd: int, pos: int, written: int, at: int, want: int
+) -> tuple[int, int]:
+    """Send the whole frames of one block of the file from ``pos``, output from
+    ``want`` on; consecutive chunks of a stream go out as one frame (a busy
+    process writes many small ones). Returns the new ``pos`` and ``at``."""
+    _, first = HEADER.unpack(os.pread(fd, HEADER.size, pos))
+    span = min(written - pos, max(READ_BLOCK, HEADER.size + first))
+    block = memoryview(os.pread(fd, span, pos))
+    i = 0
+    kind_out = b""
+    parts: list[memoryview] = []
+    size = 0
+    while i + HEADER.size <= len(block):
+        kind, length = HEADER.unpack_from(block, i)
+        if i + HEADER.size + length > len(block):
+            break  # the rest of this frame is in the next block
+        payload = block[i + HEADER.size : i + HEADER.size + length]
+        i += HEADER.size + length
+        if kind == JSON:
+            if at >= want:
+                if parts:
+                    conn.send(kind_out, b"".join(parts))
+                    parts, size = [], 0
+                conn.send(JSON, bytes(payload))
+            continue
+        if at + length > want:
+            piece = payload[max(0, want - at) :]
+            if parts and (kind != kind_out or size + len(piece) > CHUNK):
+                conn.send(kind_out, b"".join(parts))
+                parts, size = [], 0
+            kind_out = kind
+            parts.append(piece)
+            size += len(piece)
+        at += length
+    if parts:
+        conn.send(kind_out, b"".join(parts))
+    return pos + i, at
 
 
 def wait(conn: Conn, req: dict[str, Any]) -> None:

@@ -47,13 +47,20 @@ def ndjson(
     pending = bytearray()
     try:
         for chunk in chunks:
+            # Only the new bytes can end a line: a long line is scanned once.
+            end = chunk.find(b"\n")
+            if end < 0:
+                pending += chunk
+                continue
             pending += chunk
+            end += len(pending) - len(chunk)
             start = 0
-            while (end := pending.find(b"\n", start)) >= 0:
+            while end >= 0:
                 if end > start:
                     event: dict[str, Any] = json.loads(pending[start:end])
                     yield event
                 start = end + 1
+                end = pending.find(b"\n", start)
             del pending[:start]
     finally:
         chunks.close()

@@ -112,9 +112,16 @@ async def event_dicts(events: AsyncIterator[OutputEvent]) -> AsyncIterator[dict[
     async with closing(events):
         async for event in events:
             if event.kind in decoders:
-                text = decoders[event.kind].decode(event.data)
+                decoder = decoders[event.kind]
+                if event.data.isascii() and not decoder.getstate()[0]:
+                    # The common case, and the hot path of large outputs: one pass.
+                    text = event.data.decode("ascii")
+                    exact = True
+                else:
+                    text = decoder.decode(event.data)
+                    exact = text.encode() == event.data
                 out: dict[str, Any] = {"type": event.kind, "data": text, "offset": event.offset}
-                if text.encode() != event.data:
+                if not exact:
                     out["data_b64"] = base64.b64encode(event.data).decode()
                 yield out
             elif event.kind == "truncated":
