@@ -148,9 +148,19 @@ class Commands:
         data = self._connection.request_json("GET", self._processes, params=params)
         return [ProcessInfo.from_dict(item) for item in data["processes"]]
 
-    def connect(self, pid: int) -> CommandHandle:
-        """A handle to a process started earlier (by anyone); NotFound if unknown."""
-        handle = CommandHandle(self._connection, self._processes, pid)
+    def connect(
+        self,
+        pid: int,
+        *,
+        on_stdout: OutputHandler | None = None,
+        on_stderr: OutputHandler | None = None,
+    ) -> CommandHandle:
+        """A handle to a process started earlier (by anyone, from any client,
+        before a server restart too); NotFound if unknown. The handlers are
+        called by the handle's ``wait()``."""
+        handle = CommandHandle(
+            self._connection, self._processes, pid, on_stdout=on_stdout, on_stderr=on_stderr
+        )
         handle.info()
         return handle
 
