@@ -80,9 +80,13 @@ def start(conn: Conn, req: dict[str, Any]) -> None:
         raise
     finally:
         os.close(stdin_r)
-    conn.ok(pid=job.pid, tag=tag, job=job.info())
-    if foreground:
-        _hold(conn, job)
+    if not foreground:
+        conn.ok(pid=job.pid, tag=tag, job=job.info())
+        return
+    try:
+        conn.ok(pid=job.pid, tag=tag, job=job.info())
+    finally:
+        _hold(conn, job)  # also when the answer could not be sent: it kills then
 
 
 def _hold(conn: Conn, job: Job) -> None:
