@@ -89,6 +89,8 @@ def test_signal_kill_and_control_errors(server: Any, make_sandbox: Make) -> None
         assert error["type"] == "error" and error["code"] == "conflict"
         ws.send(json.dumps({"type": "dance"}))
         assert _recv(ws)["code"] == "bad_request"
+        ws.send(b"x" * (8 * 1024 * 1024 + 1))
+        assert _recv(ws)["code"] == "payload_too_large"
         ws.send(json.dumps({"type": "signal", "signal": "BOGUS"}))
         assert _recv(ws)["code"] == "invalid_request"
         ws.send(json.dumps({"type": "signal", "signal": "TERM"}))

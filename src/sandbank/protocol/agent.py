@@ -76,8 +76,8 @@ Details every implementation keeps:
 * ``start`` takes what ``exec`` takes and answers at once. ``timeout`` 0 or
   null is none. ``stdin`` is ``none`` (/dev/null), ``bytes`` (``stdin_b64``,
   all of it up front) or ``open`` (fed by ``stdin`` operations until one
-  closes it). ``max_output`` (bytes per stream, at most the agent's own cap)
-  bounds what is kept: the head of each stream; the first byte past it is
+  closes it). ``max_output`` (bytes per stream; default 16 MiB, the
+  server sets its own) bounds what is kept: the head of each stream; the first byte past it is
   recorded as a ``truncated`` event. A command that cannot be executed is
   ``bad_request`` with ``exit_code`` 127 or 126. ``show_env`` names the
   variables the job reports with their values in ``env`` (the others only by

@@ -29,13 +29,13 @@ from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from sandbank.errors import BadRequest, SandbankError, ValidationFailed
+from sandbank.errors import BadRequest, PayloadTooLarge, SandbankError, ValidationFailed
 from sandbank.protocol.api import ExecRequest
 from sandbank.server.api.convert import exec_params
 from sandbank.server.api.deps import Services, api_key_of
 from sandbank.server.api.deps import sandbox_id as check_sandbox_id
 from sandbank.server.api.errors import error_response
-from sandbank.server.api.processes import event_dicts
+from sandbank.server.api.processes import MAX_STDIN, event_dicts
 from sandbank.server.service.processes import ProcessService, Started
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["processes"])
@@ -108,7 +108,7 @@ class _Session:
     async def control(self, pid: int, message: Mapping[str, Any]) -> None:
         raw = message.get("bytes")
         if raw is not None:
-            await self.service.send_stdin(self.tenant, self.sandbox, pid, raw)
+            await self.stdin(pid, raw)
             return
         try:
             frame = json.loads(message.get("text") or "")
@@ -116,7 +116,7 @@ class _Session:
             raise BadRequest("control messages are JSON objects") from None
         kind = frame.get("type") if isinstance(frame, dict) else None
         if kind == "stdin":
-            await self.service.send_stdin(self.tenant, self.sandbox, pid, _data(frame))
+            await self.stdin(pid, _data(frame))
         elif kind == "close_stdin":
             await self.service.send_stdin(self.tenant, self.sandbox, pid, b"", close=True)
         elif kind == "signal":
@@ -127,6 +127,13 @@ class _Session:
             raise BadRequest(
                 f"unknown control message {kind!r}: use stdin, close_stdin, signal or kill"
             )
+
+    async def stdin(self, pid: int, data: bytes) -> None:
+        if len(data) > MAX_STDIN:
+            raise PayloadTooLarge(
+                f"a stdin message carries at most {MAX_STDIN} bytes; send it in parts"
+            )
+        await self.service.send_stdin(self.tenant, self.sandbox, pid, data)
 
 
 def _data(frame: dict[str, Any]) -> bytes:
