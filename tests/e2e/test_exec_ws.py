@@ -141,3 +141,16 @@ def test_errors_before_the_start(server: Any, make_sandbox: Make) -> None:
         _open(server, sid, key="sbk_wrong")
     assert refused.value.response.status_code == 401
     assert json.loads(refused.value.response.body or b"{}")["code"] == "unauthorized"
+
+
+def test_output_arrives_as_it_happens(server: Any, make_sandbox: Make) -> None:
+    sid = make_sandbox()["id"]
+    with _open(server, sid) as ws:
+        began = time.monotonic()
+        ws.send(json.dumps({"command": "echo one; sleep 1.5; echo two"}))
+        seen = []
+        while not seen or seen[-1][1]["type"] != "exit":
+            seen.append((time.monotonic() - began, _recv(ws)))
+    first = next(t for t, e in seen if e["type"] == "stdout")
+    assert first < 1.2 and seen[-1][0] >= 1.5
+    assert _text([e for _, e in seen]) == "one\ntwo\n"
