@@ -9,8 +9,10 @@ pipe on the host."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
+from pathlib import Path
 
 from _common import (
     PODMAN_IMAGE,
@@ -53,6 +55,12 @@ def first_byte_ws(url: str, key: str, sandbox_id: str) -> float:
                 elapsed = time.perf_counter() - t0
             if event["type"] == "exit":
                 return elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far: steadier than rates on a busy host."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def throughput_sdk(sbx: Sandbox) -> float:
@@ -116,10 +124,15 @@ def main() -> None:
             first_byte_ws(srv.url, srv.api_key, sbx.sandbox_id)
         sdk = [first_byte_sdk(sbx) for _ in range(N)]
         ws = [first_byte_ws(srv.url, srv.api_key, sbx.sandbox_id) for _ in range(N)]
+        assert srv.proc is not None
+        server_cpu, client_cpu = cpu_seconds(srv.proc.pid), time.process_time()
         ours = [throughput_sdk(sbx) for _ in range(THROUGHPUT_RUNS)]
+        server_cpu = (cpu_seconds(srv.proc.pid) - server_cpu) / THROUGHPUT_RUNS
+        client_cpu = (time.process_time() - client_cpu) / THROUGHPUT_RUNS
     print(summary("first stdout byte, SDK (NDJSON stream)", sdk))
     print(summary("first stdout byte, WebSocket", ws))
     print(rates("100 MB stdout streamed, SDK", ours))
+    print(f"  CPU per 100 MB: server {server_cpu:.2f} s, SDK client {client_cpu:.2f} s")
     print(rates("100 MB through a local pipe (baseline)", [throughput_local() for _ in range(3)]))
     if not podman_available():
         print("podman not installed: no podman baseline (make bench installs it)")
