@@ -347,3 +347,17 @@ async def test_run_is_foreground_and_dies_with_its_stream(agent: Agent) -> None:
     await stream.aclose()  # the server went away
     ended = await client.wait(start.info.pid, 5)
     assert ended.signal == signal.SIGKILL and ended.kind == "foreground"
+
+
+async def test_a_foreground_reader_that_stops_reading_does_not_outlast_the_timeout(
+    agent: Agent,
+) -> None:
+    client = agent.client()
+    stream = client.run(sh("yes", timeout=1, max_output=10))
+    start = await anext(stream)  # then read nothing: the process waits for us...
+    assert start.info is not None
+    try:
+        ended = await agent.client().wait(start.info.pid, 10)  # ...until its timeout
+        assert ended.timed_out and ended.signal == signal.SIGKILL
+    finally:
+        await stream.aclose()

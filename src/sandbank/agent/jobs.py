@@ -97,6 +97,8 @@ class Job:
         self.live_size = 0
         #: The next live chunk the foreground reader needs; None: nobody holds it.
         self.hold_seq: int | None = 0 if spec.get("kind") == "foreground" else None
+        #: When the timeout kills it (``time.monotonic``), also while the pump waits.
+        self.deadline: float | None = None
 
     @property
     def output_path(self) -> str:
@@ -150,6 +152,7 @@ class Job:
         kinds = {child.stdout: STDOUT, child.stderr: STDERR}
         open_pipes = set(kinds)
         deadline = None if timeout is None else child.started + timeout
+        self.deadline = deadline
         drain_until: float | None = None
         poller = select.poll()
         for fd in (*kinds, child.wake_fd):
@@ -215,6 +218,12 @@ class Job:
         while self.live_size > LIVE_WINDOW:
             seq, _, chunk = self.live[0]
             if self.hold_seq is not None and seq >= self.hold_seq:
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    # A reader that stopped reading does not outlast the timeout.
+                    self.timed_out = True
+                    self.child.kill_group()
+                    self.hold_seq = None
+                    continue
                 self.cond.wait(HOLD_CHECK_SECONDS)
                 continue
             self.live.popleft()
