@@ -130,6 +130,9 @@ def test_errors_before_the_start(server: Any, make_sandbox: Make) -> None:
         assert error["type"] == "error" and error["code"] == "invalid_request"
         assert _close_code(ws) == 4422
     with _open(server, sid) as ws:
+        ws.send(json.dumps({"command": "printf bin"}).encode())  # a binary first frame
+        assert _until_exit(ws)[0]["type"] == "start"
+    with _open(server, sid) as ws:
         ws.send(json.dumps({"command": "true", "cwd": "/does/not/exist"}))
         error = _recv(ws)
         assert error["type"] == "error" and "/does/not/exist" in error["message"]

@@ -46,7 +46,7 @@ class ExecWsRequest(ExecRequest):
     stdin: str | bool | None = None  # type: ignore[assignment]
 
 
-def _request(text: str) -> tuple[ExecWsRequest, bool]:
+def _request(text: str | bytes) -> tuple[ExecWsRequest, bool]:
     try:
         body = ExecWsRequest.model_validate_json(text)
     except ValidationError as exc:
@@ -162,7 +162,10 @@ async def exec_ws(websocket: WebSocket, sandbox_id: str) -> None:
     session = _Session(websocket, ProcessService(svc.sandboxes), caller.tenant, checked)
     started: Started | None = None
     try:
-        body, open_stdin = _request(await websocket.receive_text())
+        first = await websocket.receive()
+        if first["type"] == "websocket.disconnect":
+            return
+        body, open_stdin = _request(first.get("text") or first.get("bytes") or "")
         started = await session.service.run_streamed(
             caller.tenant, checked, exec_params(body), open_stdin=open_stdin
         )
