@@ -12,14 +12,15 @@ Text frames of JSON (see docs/processes.md):
   ``{"type": "signal", "signal": "TERM"}``, ``{"type": "kill"}``.
 
 A failed control message answers ``{"type": "error", ...}`` and the stream goes
-on; a failure before the start sends the error and closes with 4000 + its HTTP
-status. A client that leaves before the exit takes the command along.
+on; a failure (before the start, or of the stream) sends the error and closes
+with 4000 + its HTTP status. A client that leaves before the exit takes the command along.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -35,7 +36,7 @@ from sandbank.server.api.convert import exec_params
 from sandbank.server.api.deps import Services, api_key_of
 from sandbank.server.api.deps import sandbox_id as check_sandbox_id
 from sandbank.server.api.errors import error_response
-from sandbank.server.api.processes import MAX_STDIN, event_dicts
+from sandbank.server.api.processes import MAX_STDIN, event_dicts, unwrap
 from sandbank.server.service.processes import ProcessService, Started
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["processes"])
@@ -81,6 +82,12 @@ class _Session:
         await self.ws.close(code=4000 + exc.status, reason=exc.code)
 
     async def relay(self, started: Started) -> None:
+        try:
+            await self._relay(started)
+        except BaseExceptionGroup as failed:
+            raise unwrap(failed) from None
+
+    async def _relay(self, started: Started) -> None:
         pid = started.info.pid
         async with anyio.create_task_group() as group:
 
@@ -171,7 +178,8 @@ async def exec_ws(websocket: WebSocket, sandbox_id: str) -> None:
         )
         await session.relay(started)
     except SandbankError as exc:
-        if started is None:
+        # Before the start, or mid-stream (the sandbox went away): say why.
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             await session.fail(exc)
     except (WebSocketDisconnect, RuntimeError):
         pass  # the client went away (RuntimeError: a send after its close)

@@ -165,6 +165,12 @@ def _stream(
     return ForegroundResponse(started, body, media_type=media, headers=_STREAM_HEADERS)
 
 
+def unwrap(failed: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The failure of a task group of two where one failed and the other was
+    cancelled: that one failure is the news."""
+    return failed.exceptions[0] if len(failed.exceptions) == 1 else failed
+
+
 class ForegroundResponse(StreamingResponse):
     """The stream of a foreground command, which ends with it: however the
     response ends before the exit (the client left before the first byte or
@@ -190,8 +196,10 @@ class ForegroundResponse(StreamingResponse):
 
                 group.start_soon(stream)
                 group.start_soon(watch)
-        except OSError:
-            pass  # the client went away during a send
+        except BaseExceptionGroup as failed:
+            cause = unwrap(failed)
+            if not isinstance(cause, OSError):  # OSError: the client left during a send
+                raise cause from None
         finally:
             with anyio.CancelScope(shield=True):
                 close = getattr(self.body_iterator, "aclose", None)
