@@ -220,8 +220,9 @@ class Job:
             if self.hold_seq is not None and seq >= self.hold_seq:
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     # A reader that stopped reading does not outlast the timeout.
-                    self.timed_out = True
-                    self.child.kill_group()
+                    if self.child.exit_code is None:
+                        self.timed_out = True
+                        self.child.kill_group()
                     self.hold_seq = None
                     continue
                 self.cond.wait(HOLD_CHECK_SECONDS)
