@@ -198,6 +198,7 @@ def exec_command(
             typer.echo(handle.pid)
         return
     with _options(ctx).sandbox(sandbox_id) as sandbox:
+        # Without --json the output is streamed as it happens.
         result = sandbox.commands.run(
             cmd,
             envs=parse_pairs("--env", env) or None,
@@ -205,14 +206,11 @@ def exec_command(
             user=user,
             timeout=timeout,
             stdin=input_text,
+            on_stdout=None if as_json else _processes.echo_to(sys.stdout),
+            on_stderr=None if as_json else _processes.echo_to(sys.stderr),
         )
     if as_json:
         _render.print_json(result.to_dict())
-    else:
-        sys.stdout.write(result.stdout)
-        sys.stdout.flush()
-        sys.stderr.write(result.stderr)
-        sys.stderr.flush()
     if result.timed_out:
         typer.echo(f"error: {errors.Timeout.code}: command timed out after {timeout:g}s", err=True)
         raise typer.Exit(124)

@@ -8,7 +8,7 @@ from sandbank.client._async import AsyncAdminClient, AsyncSandbox
 from sandbank.client._async.process import CommandHandle as AsyncCommandHandle
 from sandbank.client._async.pty import AsyncPtyHandle
 from sandbank.client._sync import AdminClient, Sandbox
-from sandbank.client._sync.process import CommandHandle, ProcessInfo
+from sandbank.client._sync.process import CommandHandle
 from sandbank.client._sync.pty import PtyHandle
 from sandbank.client.exceptions import CommandExitError, ServerUnreachable
 from sandbank.client.models import (
@@ -17,6 +17,7 @@ from sandbank.client.models import (
     CommandResult,
     EntryInfo,
     NetworkInfo,
+    ProcessInfo,
     SandboxInfo,
     SandboxMetrics,
     TemplateInfo,

@@ -228,3 +228,62 @@ class TemplateInfo(_Snapshot):
     def from_dict(cls, data: dict[str, Any]) -> TemplateInfo:
         details = {k: v for k, v in data.items() if k not in ("name", "ready")}
         return cls(name=data["name"], ready=bool(data.get("ready", False)), details=details)
+
+
+@dataclass(frozen=True)
+class ProcessInfo(_Snapshot):
+    """A process started in a sandbox (in the background or by a streamed
+    command), running or ended in the last 10 minutes."""
+
+    pid: int
+    tag: str | None
+    #: The argv it runs (a shell string runs as ``sh -c``).
+    cmd: list[str]
+    cwd: str
+    user: str
+    running: bool
+    started_at: datetime | None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    #: The signal that ended it (``exit_code`` is then 128+N).
+    signal: int | None = None
+    timed_out: bool = False
+    #: ``none``, ``bytes``, ``open`` or ``closed``.
+    stdin: str = "none"
+    #: Output bytes kept so far, both streams.
+    output_bytes: int = 0
+    #: The variables given with the command (the sandbox's own are not shown).
+    env: dict[str, str] = field(default_factory=dict)
+    #: Names of every variable it was started with.
+    env_keys: list[str] = field(default_factory=list)
+    #: Streams that hit the output cap.
+    truncated: list[str] = field(default_factory=list)
+    #: ``background`` or ``foreground`` (a streamed command, killed with its client).
+    kind: str = "background"
+
+    @property
+    def args(self) -> list[str]:
+        """The arguments after the program (``cmd[1:]``)."""
+        return self.cmd[1:]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProcessInfo:
+        return cls(
+            pid=int(data["pid"]),
+            tag=data.get("tag"),
+            cmd=list(data.get("cmd") or []),
+            cwd=str(data.get("cwd", "")),
+            user=str(data.get("user", "")),
+            running=bool(data.get("running")),
+            started_at=_optional_datetime(data.get("started_at")),
+            ended_at=_optional_datetime(data.get("ended_at")),
+            exit_code=data.get("exit_code"),
+            signal=data.get("signal"),
+            timed_out=bool(data.get("timed_out", False)),
+            stdin=str(data.get("stdin") or "none"),
+            output_bytes=int(data.get("output_bytes") or 0),
+            env=dict(data.get("env") or {}),
+            env_keys=list(data.get("env_keys") or []),
+            truncated=list(data.get("truncated") or []),
+            kind=str(data.get("kind") or "background"),
+        )

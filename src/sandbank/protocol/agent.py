@@ -28,9 +28,11 @@ Operations:
 ``remove`` {path, recursive} -> ok
 ``hostname`` {name} -> ok (/etc/hostname and the ``127.0.1.1`` line of /etc/hosts)
 
-Background processes (they outlive every connection, the server's included):
+Background processes (they outlive every connection, the server's included,
+unless started with ``foreground``):
 
-``start``  {cmd, env, cwd, user, tag, timeout, stdin, stdin_b64, max_output} -> ok+pid+tag+job
+``start``  {cmd, env, cwd, user, tag, timeout, stdin, stdin_b64, max_output, show_env,
+           foreground} -> ok+pid+tag+job [then, foreground, as ``attach`` from 0]
 ``jobs``   {} -> ok+jobs
 ``attach`` {pid, offset, follow} -> ok+job, O/E/J{event: truncated}*, J{event: exit|more}
 ``wait``   {pid, timeout} -> ok+job
@@ -38,8 +40,8 @@ Background processes (they outlive every connection, the server's included):
 ``signal`` {pid, signal} -> ok+signal
 ``resize`` {pid, cols, rows} -> ok+cols+rows (terminals only)
 
-A job is ``{pid, tag, cmd, cwd, env_keys, user, started_at, ended_at, running,
-exit_code, signal, timed_out, stdin, output_bytes, truncated}``: ``signal`` is
+A job is ``{pid, tag, cmd, cwd, env_keys, env, kind, user, started_at, ended_at,
+running, exit_code, signal, timed_out, stdin, output_bytes, truncated}``: ``signal`` is
 the one that killed it (``exit_code`` is then 128+N), ``stdin`` is ``none``,
 ``bytes``, ``open`` or ``closed``, ``truncated`` lists the streams that hit
 their cap, ``output_bytes`` counts what was kept of both streams.
@@ -75,16 +77,26 @@ Details every implementation keeps:
 * ``start`` takes what ``exec`` takes and answers at once. ``timeout`` 0 or
   null is none. ``stdin`` is ``none`` (/dev/null), ``bytes`` (``stdin_b64``,
   all of it up front) or ``open`` (fed by ``stdin`` operations until one
-  closes it). ``max_output`` (bytes per stream, at most the agent's own cap)
-  bounds what is kept: the head of each stream; the first byte past it is
+  closes it). ``max_output`` (bytes per stream; default 16 MiB, the
+  server sets its own) bounds what is kept: the head of each stream; the first byte past it is
   recorded as a ``truncated`` event. A command that cannot be executed is
-  ``bad_request`` with ``exit_code`` 127 or 126.
+  ``bad_request`` with ``exit_code`` 127 or 126. ``show_env`` names the
+  variables the job reports with their values in ``env`` (the others only by
+  name in ``env_keys``). With ``foreground: true`` the output follows the
+  answer on the same connection (as ``attach`` from 0, live output included),
+  ``kind`` is ``foreground``, and a hang-up before the exit kills the process
+  group; the process waits for that reader rather than lose output past the
+  cap. Otherwise ``kind`` is ``background``.
 * ``attach`` replays the output from ``offset`` (bytes of both streams
   together, in the order they were written), then with ``follow`` (the
   default) live output, and ends with ``J{"event": "exit", ...job}``. With
   ``follow: false`` a running process ends the stream with
   ``J{"event": "more", "offset": N}`` (where to resume). Any number of clients
-  may attach at once; hanging up never touches the process.
+  may attach at once; hanging up never touches the process. A following
+  reader also gets the output past the cap (not stored) from a window in
+  memory; one that falls behind it gets ``J{"event": "truncated", "stream":
+  "live"}`` where output was lost. Consecutive chunks of a stream may arrive
+  merged into one frame.
 * ``wait`` answers once the process has ended; ``timeout`` (seconds, 0 or null
   for none) runs out as ``timeout``.
 * An unknown ``pid`` is ``not_found`` (with ``pid``). ``stdin`` and ``signal``

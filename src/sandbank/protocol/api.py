@@ -291,6 +291,8 @@ class StartProcessRequest(Strict):
     stdin: Literal["none", "open"] = "none"
     #: Input given up front (then closed); excludes ``stdin: open``.
     stdin_data: str | None = None
+    #: Bytes of each stream kept for replay (up to the server's cap, its default).
+    max_output: int | None = Field(default=None, ge=0)
 
     @field_validator("env")
     @classmethod
@@ -330,6 +332,10 @@ class ProcessOut(BaseModel):
     output_bytes: int = 0
     #: Streams that hit the output cap (later output was dropped).
     truncated: list[str] = Field(default_factory=list)
+    #: The variables given with the command (the sandbox's own: names only).
+    env: dict[str, str] = Field(default_factory=dict)
+    #: ``background``, or ``foreground`` (streamed exec: killed with its client).
+    kind: str = "background"
 
 
 class ProcessList(BaseModel):

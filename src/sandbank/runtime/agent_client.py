@@ -44,8 +44,9 @@ from sandbank.runtime.base import (
     JobInfo,
     JobSpec,
     OutputEvent,
-    OutputKind,
 )
+from sandbank.runtime.job_events import job_info as _job
+from sandbank.runtime.job_events import output_events, start_request
 
 #: sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
@@ -310,23 +311,14 @@ class AgentClient:
     # -- background processes ------------------------------------------------------
 
     async def start(self, spec: JobSpec) -> JobInfo:
-        request: dict[str, Any] = {
-            "op": "start",
-            "cmd": list(spec.cmd),
-            "env": dict(spec.env),
-            "cwd": spec.cwd,
-            "user": spec.user,
-            "tag": spec.tag,
-            "timeout": spec.timeout or None,
-            "stdin": spec.stdin,
-            "stdin_b64": None
-            if spec.stdin_data is None
-            else base64.b64encode(spec.stdin_data).decode(),
-            "max_output": spec.max_output,
-        }
-        if spec.pty is not None:
-            request["pty"] = {"cols": spec.pty[0], "rows": spec.pty[1]}
-        return _job((await self._call(request))["job"])
+        return _job((await self._call(start_request(spec)))["job"])
+
+    async def run(self, spec: JobSpec) -> AsyncIterator[OutputEvent]:
+        # The agent kills the process if this connection closes before the exit.
+        async with self._open(start_request(spec, foreground=True)) as link:
+            yield OutputEvent(kind="start", info=_job(self._checked(await link.json())["job"]))
+            async for event in output_events(link, 0):
+                yield event
 
     async def jobs(self) -> list[JobInfo]:
         return [_job(raw) for raw in (await self._call({"op": "jobs"}))["jobs"]]
@@ -337,31 +329,8 @@ class AgentClient:
         request = {"op": "attach", "pid": pid, "offset": offset, "follow": follow}
         async with self._open(request) as link:
             self._checked(await link.json())
-            at = offset
-            while True:
-                kind, payload = await link.frame()
-                if kind in (STDOUT, STDERR):
-                    stream: OutputKind = "stdout" if kind == STDOUT else "stderr"
-                    yield OutputEvent(kind=stream, data=payload, offset=at)
-                    at += len(payload)
-                    continue
-                if kind != JSON:
-                    raise FrameError(f"unexpected {kind!r} frame during attach")
-                try:
-                    event = decode_json(payload)
-                except ValueError as exc:
-                    raise FrameError(f"malformed event frame: {exc}") from exc
-                what = event.pop("event", None)
-                if what == "truncated":
-                    at = int(event.get("offset", at))  # a terminal's ring moved on
-                    yield OutputEvent(kind="truncated", offset=at, stream=event.get("stream"))
-                elif what == "exit":
-                    yield OutputEvent(kind="exit", offset=at, info=_job(event))
-                    return
-                elif what == "more":
-                    return
-                else:
-                    raise FrameError(f"unexpected event {what!r} during attach")
+            async for event in output_events(link, offset):
+                yield event
 
     async def wait(self, pid: int, timeout: float | None = None) -> JobInfo:
         limit = None if not timeout else timeout + EXEC_MARGIN
@@ -386,30 +355,6 @@ class AgentClient:
 
     async def resize(self, pid: int, cols: int, rows: int) -> None:
         await self._call({"op": "resize", "pid": pid, "cols": cols, "rows": rows})
-
-
-def _job(raw: dict[str, Any]) -> JobInfo:
-    try:
-        return JobInfo(
-            pid=int(raw["pid"]),
-            tag=raw.get("tag"),
-            cmd=list(raw["cmd"]),
-            cwd=str(raw["cwd"]),
-            env_keys=list(raw.get("env_keys") or []),
-            user=str(raw["user"]),
-            started_at=float(raw["started_at"]),
-            running=bool(raw["running"]),
-            ended_at=None if raw.get("ended_at") is None else float(raw["ended_at"]),
-            exit_code=raw.get("exit_code"),
-            signal=raw.get("signal"),
-            timed_out=bool(raw.get("timed_out")),
-            stdin=str(raw.get("stdin") or "none"),
-            output_bytes=int(raw.get("output_bytes") or 0),
-            truncated=list(raw.get("truncated") or []),
-            pty=(int(raw["pty"]["cols"]), int(raw["pty"]["rows"])) if raw.get("pty") else None,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SandbankError(f"the agent sent a malformed process record: {raw!r}") from exc
 
 
 def _entry(raw: dict[str, Any]) -> FileEntry:

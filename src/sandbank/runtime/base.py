@@ -59,7 +59,7 @@ class ExecResult:
 
 
 StdinMode = Literal["none", "bytes", "open"]
-OutputKind = Literal["stdout", "stderr", "truncated", "exit"]
+OutputKind = Literal["start", "stdout", "stderr", "truncated", "exit"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,9 @@ class JobSpec:
     #: stream, the last 512 KiB kept; input with ``send_stdin``, never closed);
     #: an empty ``cmd`` is then the user's login shell.
     pty: tuple[int, int] | None = None
+    #: Variables that ``jobs`` reports with their values (those given with the
+    #: command); the others are listed by name only.
+    show_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,13 +112,18 @@ class JobInfo:
     truncated: list[str] = field(default_factory=list)
     #: ``(cols, rows)`` of its terminal, if it runs on one.
     pty: tuple[int, int] | None = None
+    #: The variables of ``JobSpec.show_env`` with their values.
+    env: dict[str, str] = field(default_factory=dict)
+    #: ``background`` (``start``) or ``foreground`` (``run``).
+    kind: str = "background"
 
 
 @dataclass(frozen=True)
 class OutputEvent:
     """One event of ``attach``: a chunk of ``stdout``/``stderr`` at ``offset``
     (bytes of both streams together; resume at ``offset + len(data)``), a
-    ``truncated`` marker naming ``stream``, or the final ``exit`` with ``info``."""
+    ``truncated`` marker naming ``stream``, or the final ``exit`` with ``info``.
+    ``run`` starts with a ``start`` event carrying ``info``."""
 
     kind: OutputKind
     data: bytes = b""
@@ -194,8 +202,14 @@ class SandboxChannel(Protocol):
 
     async def start(self, spec: JobSpec) -> JobInfo: ...
 
+    def run(self, spec: JobSpec) -> AsyncIterator[OutputEvent]:
+        """A foreground process: ``start`` whose output follows at once, led by a
+        ``start`` event with its info. Closing the iterator before the ``exit``
+        event (or losing the server) kills its process group."""
+        ...
+
     async def jobs(self) -> list[JobInfo]:
-        """Processes started with ``start``, running or ended (kept 10 minutes)."""
+        """Processes started with ``start`` or ``run``, running or ended (kept 10 minutes)."""
         ...
 
     def attach(self, pid: int, offset: int = 0, follow: bool = True) -> AsyncIterator[OutputEvent]:

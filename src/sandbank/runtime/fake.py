@@ -70,6 +70,7 @@ class _FakeJob:
     signal: int | None = None
     ended_at: float | None = None
     pty: tuple[int, int] | None = None
+    kind: str = "background"
 
     def end(self, code: int, signo: int | None = None) -> None:
         self.exit_code, self.signal, self.ended_at = code, signo, time.time()
@@ -98,6 +99,8 @@ class _FakeJob:
             stdin=self.stdin,
             output_bytes=sum(len(data) for _, data in self.output),
             pty=self.pty,
+            env={key: self.spec.env[key] for key in self.spec.show_env if key in self.spec.env},
+            kind=self.kind,
         )
 
 
@@ -226,6 +229,20 @@ class FakeChannel:
             job.output += [("stdout", result.stdout), ("stderr", result.stderr)]
             job.end(result.exit_code)
         return job.info()
+
+    async def run(self, spec: JobSpec) -> AsyncIterator[OutputEvent]:
+        info = await self.start(spec)
+        job = self._job(info.pid)
+        job.kind = "foreground"
+        yield OutputEvent(kind="start", info=job.info())
+        ended = False
+        try:
+            async for event in self.attach(info.pid):
+                ended = event.kind == "exit"
+                yield event
+        finally:
+            if not ended:  # the reader left: the process goes with it
+                job.end(128 + 9, 9)
 
     async def jobs(self) -> list[JobInfo]:
         return [job.info() for job in self._jobs().values()]

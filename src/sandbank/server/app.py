@@ -15,6 +15,7 @@ from sandbank.runtime.base import Runtime
 from sandbank.server.api import (
     admin,
     errors,
+    exec_ws,
     files,
     preview,
     processes,
@@ -77,6 +78,7 @@ def limits_of(settings: Settings) -> Limits:
         exec_timeout_max=settings.exec_timeout_max,
         pids_limit=settings.pids_limit,
         exec_max_output=settings.exec_max_output,
+        process_max_output=settings.process_max_output,
     )
 
 
@@ -150,7 +152,7 @@ def create_app(
     )
     app.add_middleware(preview.PreviewHosts)
     errors.install(app)
-    for module in (system, sandboxes, processes, files, admin, preview):
+    for module in (system, sandboxes, processes, exec_ws, files, admin, preview):
         app.include_router(module.router)
     app.include_router(terminals.router)
     app.include_router(terminal_page.router)

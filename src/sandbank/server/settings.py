@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     exec_timeout_max: int = 24 * 3600
     #: Bytes of stdout and of stderr a synchronous exec returns; the rest is cut.
     exec_max_output: int = 64 * 1024 * 1024
+    #: Bytes of stdout and of stderr a process keeps in its sandbox for replay
+    #: (background and streamed); live readers also get what comes later.
+    process_max_output: int = 16 * 1024 * 1024
     sweep_interval: float = 1.0
 
     # Default per-tenant quotas (overridable per tenant through the admin API).

@@ -7,7 +7,7 @@ that says which URL was tried, so callers never see raw httpx exceptions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -112,7 +112,7 @@ class AsyncApiConnection:
                 f"other than JSON; is {self.base_url} really a sandbank server?"
             ) from exc
 
-    async def stream_bytes(
+    def stream_bytes(
         self,
         method: str,
         path: str,
@@ -121,7 +121,24 @@ class AsyncApiConnection:
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
     ) -> AsyncIterator[bytes]:
         """The response body chunk by chunk, never held whole in memory."""
-        request = self._client.build_request(method, path, params=params, timeout=_timeout(timeout))
+        return self.stream(method, path, params=params, timeout=timeout)
+
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: QueryParams | None = None,
+        json: Any = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
+        timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+    ) -> AsyncGenerator[bytes, None]:
+        """Send a request and yield its answer's body as it arrives, chunk by
+        chunk; an error answer raises before the first chunk. ``timeout`` bounds
+        each read, not the whole stream. Closing the iterator closes the response."""
+        request = self._client.build_request(
+            method, path, params=params, json=json, content=content, timeout=_timeout(timeout)
+        )
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TransportError as exc:

@@ -9,7 +9,7 @@ that says which URL was tried, so callers never see raw httpx exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -123,7 +123,24 @@ class ApiConnection:
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
     ) -> Iterator[bytes]:
         """The response body chunk by chunk, never held whole in memory."""
-        request = self._client.build_request(method, path, params=params, timeout=_timeout(timeout))
+        return self.stream(method, path, params=params, timeout=timeout)
+
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: QueryParams | None = None,
+        json: Any = None,
+        content: bytes | Iterable[bytes] | None = None,
+        timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+    ) -> Generator[bytes, None]:
+        """Send a request and yield its answer's body as it arrives, chunk by
+        chunk; an error answer raises before the first chunk. ``timeout`` bounds
+        each read, not the whole stream. Closing the iterator closes the response."""
+        request = self._client.build_request(
+            method, path, params=params, json=json, content=content, timeout=_timeout(timeout)
+        )
         try:
             response = self._client.send(request, stream=True)
         except httpx.TransportError as exc:
