@@ -12,7 +12,17 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from sandbank.runtime.base import Runtime
-from sandbank.server.api import admin, errors, files, preview, processes, sandboxes, system
+from sandbank.server.api import (
+    admin,
+    errors,
+    files,
+    lifecycle,
+    preview,
+    processes,
+    sandboxes,
+    snapshots,
+    system,
+)
 from sandbank.server.api.deps import Services
 from sandbank.server.service.deadlines import DeadlineSweeper
 from sandbank.server.service.keys import DEFAULT_TENANT, KeyService
@@ -132,10 +142,12 @@ def create_app(
         keys=keys,
         telemetry=telemetry,
         base_url=settings.base_url,
-        preview=PreviewGate(store, runtime, Path(settings.data_dir) / PREVIEW_KEY_FILE),
+        preview=PreviewGate(
+            store, runtime, Path(settings.data_dir) / PREVIEW_KEY_FILE, touch=service.idle.touch
+        ),
     )
     app.add_middleware(preview.PreviewHosts)
     errors.install(app)
-    for module in (system, sandboxes, processes, files, admin, preview):
+    for module in (system, sandboxes, lifecycle, snapshots, processes, files, admin, preview):
         app.include_router(module.router)
     return app

@@ -38,6 +38,8 @@ from sandbank.runtime.linux import (
     resolv,
     rootfs,
     seccomp,
+    snapshots,
+    stopstart,
     teardown,
 )
 from sandbank.runtime.linux.accounting import UsageReader
@@ -248,7 +250,7 @@ class LinuxRuntime:
     async def _build(
         self, spec: SandboxSpec, box: SandboxDir, lower: Path, mark: Callable[[str], None]
     ) -> None:
-        box.root.mkdir(mode=0o711)
+        box.root.mkdir(mode=0o711, exist_ok=True)  # a stopped sandbox's dir has its disk
         cgroups_path = f"{self.cgroup_parent.rstrip('/')}/sandbank/{spec.id}"
         pids = self._pids(spec.pids_limit)
         record = SandboxRecord(
@@ -258,7 +260,8 @@ class LinuxRuntime:
         )  # fmt: skip
         record.save(box.record)
         mark("prepare")
-        await self.pool.take(spec.disk_gb, box.image)
+        if not box.image.exists():
+            await self.pool.take(spec.disk_gb, box.image)
         mark("disk image")
         await asyncio.to_thread(rootfs.assemble, box, lower, spec.hostname, mark)
         listener = rootfs.listen(box)
@@ -366,6 +369,29 @@ class LinuxRuntime:
             if errors:
                 detail += " (errors: " + "; ".join(errors) + ")"
             raise RuntimeFailure(f"sandbox {sandbox_id} was not fully removed: {detail}")
+
+    # Stop/start and snapshots live in their own modules.
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        await stopstart.stop(self, sandbox_id)
+
+    async def start_sandbox(self, spec: SandboxSpec) -> None:
+        await stopstart.start(self, spec)
+
+    async def disk_bytes(self, sandbox_id: str) -> int:
+        return snapshots.allocated(self._box(sandbox_id).image)
+
+    async def snapshot(self, sandbox_id: str, snapshot_id: str) -> int:
+        return await snapshots.take(self, sandbox_id, snapshot_id)
+
+    async def restore(self, sandbox_id: str, snapshot_id: str) -> None:
+        await snapshots.restore(self, sandbox_id, snapshot_id)
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await snapshots.delete(self, snapshot_id)
+
+    async def snapshot_ids(self) -> set[str]:
+        return await snapshots.ids(self)
 
     def _thaw_v1(self, sandbox_id: str) -> None:
         """A paused sandbox on cgroup v1 must be thawed for SIGKILL to finish its

@@ -29,6 +29,10 @@ def sandbox_out(record: SandboxRecord, base_url: str) -> SandboxOut:
         killed_at=record.killed_at,
         kill_reason=record.kill_reason,
         network=network_out(record),
+        idle_timeout=record.idle_timeout,
+        on_timeout=record.on_timeout,
+        auto_resume=record.auto_resume,
+        error=record.error,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from sandbank.runtime.base import (
     SandboxUsage,
     TemplateInfo,
 )
+from sandbank.server.service.idle import IdleTracker, check_policy
 from sandbank.server.service.lifecycle import (
     ACTIVE,
     PUBLIC,
@@ -38,11 +39,13 @@ from sandbank.server.service.lifecycle import (
     require,
     sources_of,
 )
+from sandbank.server.service.lifecycle_ops import LifecycleOps
 from sandbank.server.service.params import CreateParams, ExecParams, Resolved, new_sandbox_id
 from sandbank.server.service.policy import Limits, Quota, check_quota, check_timeout, resolve
 from sandbank.server.service.pool import POOL_REASON, POOL_TENANT, PoolConfig, WarmPool
 from sandbank.server.service.recovery import Recovery
 from sandbank.server.service.shell import command_argv
+from sandbank.server.service.snapshots import SnapshotService
 from sandbank.server.service.telemetry import Telemetry
 from sandbank.server.store.base import Page, SandboxRecord, Store
 
@@ -85,6 +88,9 @@ class SandboxService:
             create_slots=self._create_slots,
         )
         self._recovery = Recovery(store, runtime, clock, telemetry, kill=self._kill)
+        self.idle = IdleTracker(store, clock)
+        self.lifecycle = LifecycleOps(self)
+        self.snapshots = SnapshotService(self)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -121,16 +127,26 @@ class SandboxService:
         record = await self._owned(tenant, sandbox_id)
         if record.status == S.KILLED:
             raise self._gone(record)
+        self.idle.touch(sandbox_id)
         return record
 
     async def _running(self, tenant: str, sandbox_id: str, operation: str) -> SandboxRecord:
         record = await self.get(tenant, sandbox_id)
+        if record.status == S.PAUSED and record.auto_resume:
+            record = await self.resume(tenant, sandbox_id)
         require(record.status, frozenset({S.RUNNING}), operation, sandbox_id)
         return record
 
     # -- create ----------------------------------------------------------------------
 
     async def create(self, tenant: str, params: CreateParams) -> SandboxRecord:
+        check_policy(self._limits, params.idle_timeout, params.on_timeout)
+        return await self.lifecycle.apply_policy(await self._create(tenant, params), params)
+
+    async def _create(self, tenant: str, params: CreateParams) -> SandboxRecord:
+        if params.snapshot is not None:
+            want, snapshot_id = await self.snapshots.resolve_create(tenant, params)
+            return await self._create_cold(tenant, want, snapshot_id=snapshot_id)
         want = resolve(self._limits, params)
         await self._runtime.ensure_template(want.template)
         if not self.pool.serves(want.template, want.disk_gb):
@@ -224,7 +240,9 @@ class SandboxService:
             raise failure
         return None
 
-    async def _create_cold(self, tenant: str, want: Resolved) -> SandboxRecord:
+    async def _create_cold(
+        self, tenant: str, want: Resolved, snapshot_id: str | None = None
+    ) -> SandboxRecord:
         now = self._clock()
         sandbox_id = new_sandbox_id()
         record = SandboxRecord(
@@ -252,7 +270,11 @@ class SandboxService:
             started = self._clock()
             try:
                 async with self._create_slots:
-                    await self._runtime.create(self._spec(sandbox_id, want))
+                    if snapshot_id is None:
+                        await self._runtime.create(self._spec(sandbox_id, want))
+                    else:  # the snapshot's copy as its disk, then started like a stopped one
+                        await self._runtime.restore(sandbox_id, snapshot_id)
+                        await self._runtime.start_sandbox(self._spec(sandbox_id, want))
             except BaseException as exc:
                 await self._fail(sandbox_id, exc)
                 raise
@@ -307,7 +329,7 @@ class SandboxService:
         record = await self.get(tenant, sandbox_id)
         require(
             record.status,
-            frozenset({S.CREATING, S.RUNNING, S.PAUSED}),
+            frozenset({S.CREATING, S.RUNNING, S.PAUSED, S.STOPPED}),
             "set the timeout of",
             sandbox_id,
         )
@@ -315,7 +337,7 @@ class SandboxService:
         updated = await self._store.update_sandbox(
             sandbox_id,
             {"expires_at": now + timedelta(seconds=seconds), "updated_at": now},
-            only_from=[S.CREATING, S.RUNNING, S.PAUSED],
+            only_from=[S.CREATING, S.RUNNING, S.PAUSED, S.STOPPED],
         )
         if updated is None:
             return await self.get(tenant, sandbox_id)
@@ -366,6 +388,7 @@ class SandboxService:
                 {"status": S.KILLED, "killed_at": now, "kill_reason": reason, "updated_at": now},
             )
         self._locks.pop(sandbox_id, None)
+        self.idle.forget(sandbox_id)
         self._telemetry.killed(reason, was_running)
 
     # -- pause / resume ----------------------------------------------------------------
@@ -453,9 +476,18 @@ class SandboxService:
     # -- deadlines and recovery ------------------------------------------------------------
 
     async def sweep(self) -> list[str]:
-        """Kill every sandbox whose deadline passed; returns their ids."""
-        return await self._recovery.sweep()
+        """Kill every sandbox whose deadline passed, then apply idle timeouts;
+        returns the ids of the sandboxes acted on."""
+        return await self._recovery.sweep() + await self.idle.sweep(self.idle_actions())
+
+    def idle_actions(self) -> dict[str, Callable[[SandboxRecord], Awaitable[object]]]:
+        return {
+            "kill": lambda r: self._kill(r.id, "idle"),
+            "pause": lambda r: self.pause(r.tenant, r.id),
+        }
 
     async def reconcile(self) -> dict[str, list[str]]:
         """Bring the store and the host into agreement after a (re)start."""
-        return await self._recovery.reconcile()
+        report = await self._recovery.reconcile()
+        report["snapshot_orphans"] = await self.snapshots.cleanup_orphans()
+        return report
