@@ -96,11 +96,27 @@ def _sparse_copy(src: int, dst: int) -> None:
         end = os.lseek(src, start, os.SEEK_HOLE)
         pos = start
         while pos < end:
-            done = os.copy_file_range(src, dst, min(_CHUNK, end - pos), pos, pos)
+            count = min(_CHUNK, end - pos)
+            try:
+                done = os.copy_file_range(src, dst, count, pos, pos)
+            except OSError as exc:
+                # Across file systems (a snapshot dir on its own mount) the kernel refuses.
+                if exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                done = _copy_plain(src, dst, count, pos)
             if done == 0:
                 raise OSError(errno.EIO, f"short copy at offset {pos}")
             pos += done
         offset = end
+
+
+def _copy_plain(src: int, dst: int, count: int, pos: int) -> int:
+    data = os.pread(src, min(count, 8 * 1024 * 1024), pos)
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(dst, view, pos)
+        view, pos = view[written:], pos + written
+    return len(data)
 
 
 def _full(exc: OSError) -> bool:
