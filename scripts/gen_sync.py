@@ -33,6 +33,7 @@ REPLACEMENTS = {
     "AsyncCommands": "Commands",
     "AsyncFilesystem": "Filesystem",
     "AsyncAdminClient": "AdminClient",
+    "AsyncSnapshots": "Snapshots",
     "AsyncApiConnection": "ApiConnection",
     "AsyncClient": "Client",
     "AsyncBaseTransport": "BaseTransport",

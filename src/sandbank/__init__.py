@@ -61,6 +61,8 @@ if TYPE_CHECKING:
         SandboxInfo,
         SandboxMetrics,
         ServerUnreachable,
+        SnapshotInfo,
+        Snapshots,
         TemplateInfo,
     )
 
@@ -81,6 +83,8 @@ _CLIENT_NAMES = frozenset(
         "SandboxInfo",
         "SandboxMetrics",
         "ServerUnreachable",
+        "SnapshotInfo",
+        "Snapshots",
         "TemplateInfo",
     }
 )
@@ -136,7 +140,9 @@ __all__ = [
     "SandboxPaused",
     "SandboxUnavailable",
     "ServerUnreachable",
+    "SnapshotInfo",
     "SnapshotNotFound",
+    "Snapshots",
     "TemplateInfo",
     "TemplateNotFound",
     "Timeout",
