@@ -4,11 +4,14 @@ is finished, snapshots still restore, and stray snapshot files are removed."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
+import subprocess
 
 import pytest
 
+from sandbank.runtime.linux.cgroups import CgroupLayout
 from tests.conftest import is_root, new_server, run_cgroups
 from tests.support.leaks import leftovers
 
@@ -75,6 +78,31 @@ def test_stopped_past_deadline_is_killed_after_restart() -> None:
             gone = api.get(f"/v1/sandboxes/{sid}")
             assert gone.status_code == 404 and "timeout" in gone.json()["message"]
         assert not (srv.data_dir / "sandboxes" / sid).exists()
+        assert leftovers(srv.data_dir, run_cgroups()) == []
+    finally:
+        srv.stop()
+        srv.purge()
+
+
+def test_restart_thaws_a_sandbox_left_frozen_mid_snapshot() -> None:
+    srv = new_server("lifethaw")
+    srv.start()
+    try:
+        with srv.client() as api:
+            sid = api.post("/v1/sandboxes", json={"timeout": 600}).json()["id"]
+        srv.stop(signal.SIGKILL)
+        # What a server killed in the middle of a snapshot leaves: the sandbox's
+        # cgroup and its file system both frozen.
+        box = srv.data_dir / "sandboxes" / sid
+        record = json.loads((box / "runtime.json").read_text())
+        CgroupLayout.detect().cgroup(record["cgroups_path"]).freeze()
+        subprocess.run(["fsfreeze", "-f", str(box / "disk")], check=True)
+        srv.start()
+        with srv.client() as api:
+            assert api.get(f"/v1/sandboxes/{sid}").json()["status"] == "running"
+            out = api.post(f"/v1/sandboxes/{sid}/exec", json={"command": "echo ok > ~/w; cat ~/w"})
+            assert out.status_code == 200 and out.json()["stdout"] == "ok\n"
+            assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
         assert leftovers(srv.data_dir, run_cgroups()) == []
     finally:
         srv.stop()

@@ -469,6 +469,7 @@ class LinuxRuntime:
             return False
         client = AgentClient(box.socket)
         cgroup = self.cgroup(sandbox_id)
+        snapshots.thaw_disk(self, sandbox_id)
         with contextlib.suppress(OSError):
             if cgroup is not None and cgroup.frozen():
                 # Paused: its agent cannot answer until resumed.

@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -152,7 +153,7 @@ async def take(rt: LinuxRuntime, sandbox_id: str, snapshot_id: str) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _still(rt: LinuxRuntime, sandbox_id: str):  # type: ignore[no-untyped-def]
+async def _still(rt: LinuxRuntime, sandbox_id: str) -> AsyncIterator[None]:
     """Nothing writes to the sandbox's disk inside this block."""
     box = rt._box(sandbox_id)
     if not mounts.is_mounted(box.disk):
@@ -179,6 +180,20 @@ async def _still(rt: LinuxRuntime, sandbox_id: str):  # type: ignore[no-untyped-
     finally:
         if thaw_after and cgroup is not None:
             cgroup.thaw()
+
+
+def thaw_disk(rt: LinuxRuntime, sandbox_id: str) -> None:
+    """Undo a file system freeze a server that died mid-snapshot left behind
+    (a no-op on a disk that is not frozen)."""
+    box = rt._box(sandbox_id)
+    if not mounts.is_mounted(box.disk):
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(box.disk, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fcntl.ioctl(fd, FITHAW, 0)
+        finally:
+            os.close(fd)
 
 
 async def restore(rt: LinuxRuntime, sandbox_id: str, snapshot_id: str) -> None:

@@ -95,6 +95,9 @@ class Recovery:
             if record.status in (S.RUNNING, S.PAUSED) and not expired:
                 if await self._runtime.adopt(record.id):
                     report["adopted"].append(record.id)
+                    if record.status == S.RUNNING:
+                        # A server that died mid-snapshot may have left it frozen.
+                        await self._thaw(record.id)
                     continue
                 report["lost"].append(record.id)
                 await self._mark_lost(record.id)
@@ -149,6 +152,12 @@ class Recovery:
                 record.id, {"status": S.STOPPED, "updated_at": self._clock()}
             )
         report.setdefault("stopped", []).append(record.id)
+
+    async def _thaw(self, sandbox_id: str) -> None:
+        try:
+            await self._runtime.resume(sandbox_id)
+        except SandbankError as exc:
+            log.warning("could not thaw %s after the restart: %s", sandbox_id, exc)
 
     async def _mark_lost(self, sandbox_id: str) -> None:
         await self._cleanup(sandbox_id)
