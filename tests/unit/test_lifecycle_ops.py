@@ -283,3 +283,16 @@ async def test_snapshot_orphans_removed_at_start(parts: Parts) -> None:
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def test_deadline_kills_stopped_and_timeout_extends_it(parts: Parts) -> None:
+    service, runtime, clock, _ = parts
+    record = await service.create("t1", CreateParams(timeout=60))
+    await service.lifecycle.stop("t1", record.id)
+    clock.advance(50)
+    assert (await service.set_timeout("t1", record.id, 60)).status == "stopped"
+    clock.advance(50)
+    assert await service.sweep() == []
+    clock.advance(11)
+    assert await service.sweep() == [record.id]
+    assert record.id not in runtime.boxes
