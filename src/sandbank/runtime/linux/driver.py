@@ -67,7 +67,7 @@ class _Settings(Protocol):
     def template_root(self) -> Path: ...
 
 
-class LinuxRuntime:
+class LinuxRuntime(stopstart.DiskLifecycle):
     name = "linux"
 
     def __init__(
@@ -369,29 +369,6 @@ class LinuxRuntime:
             if errors:
                 detail += " (errors: " + "; ".join(errors) + ")"
             raise RuntimeFailure(f"sandbox {sandbox_id} was not fully removed: {detail}")
-
-    # Stop/start and snapshots live in their own modules.
-
-    async def stop_sandbox(self, sandbox_id: str) -> None:
-        await stopstart.stop(self, sandbox_id)
-
-    async def start_sandbox(self, spec: SandboxSpec) -> None:
-        await stopstart.start(self, spec)
-
-    async def disk_bytes(self, sandbox_id: str) -> int:
-        return snapshots.allocated(self._box(sandbox_id).image)
-
-    async def snapshot(self, sandbox_id: str, snapshot_id: str) -> int:
-        return await snapshots.take(self, sandbox_id, snapshot_id)
-
-    async def restore(self, sandbox_id: str, snapshot_id: str) -> None:
-        await snapshots.restore(self, sandbox_id, snapshot_id)
-
-    async def delete_snapshot(self, snapshot_id: str) -> None:
-        await snapshots.delete(self, snapshot_id)
-
-    async def snapshot_ids(self) -> set[str]:
-        return await snapshots.ids(self)
 
     def _thaw_v1(self, sandbox_id: str) -> None:
         """A paused sandbox on cgroup v1 must be thawed for SIGKILL to finish its

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sandbank.errors import RuntimeFailure, SandboxNotFound
 from sandbank.runtime.base import SandboxSpec
-from sandbank.runtime.linux import mounts, teardown
+from sandbank.runtime.linux import mounts, snapshots, teardown
 from sandbank.runtime.linux.layout import check_id
 
 if TYPE_CHECKING:
@@ -79,3 +79,34 @@ async def start(rt: LinuxRuntime, spec: SandboxSpec) -> None:
                 msg += f"\nagent.log:\n{detail}"
             raise RuntimeFailure(msg) from exc
         log.debug("started %s in %.1f ms", spec.id, (time.monotonic() - started) * 1000)
+
+
+class DiskLifecycle:
+    """The Runtime methods about a sandbox's disk beyond create and destroy:
+    stop/start (this module) and snapshots (``snapshots.py``). A base class of
+    ``LinuxRuntime``, so the driver only names it."""
+
+    @property
+    def _rt(self) -> LinuxRuntime:
+        return cast("LinuxRuntime", self)
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        await stop(self._rt, sandbox_id)
+
+    async def start_sandbox(self, spec: SandboxSpec) -> None:
+        await start(self._rt, spec)
+
+    async def disk_bytes(self, sandbox_id: str) -> int:
+        return snapshots.allocated(self._rt._box(sandbox_id).image)
+
+    async def snapshot(self, sandbox_id: str, snapshot_id: str) -> int:
+        return await snapshots.take(self._rt, sandbox_id, snapshot_id)
+
+    async def restore(self, sandbox_id: str, snapshot_id: str) -> None:
+        await snapshots.restore(self._rt, sandbox_id, snapshot_id)
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await snapshots.delete(self._rt, snapshot_id)
+
+    async def snapshot_ids(self) -> set[str]:
+        return await snapshots.ids(self._rt)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 S = SandboxState
 
-#: on_timeout -> the states it applies to; the action itself is in SandboxService.idle_actions.
+#: on_timeout -> the states it applies to; the action itself is in LifecycleOps.idle_actions.
 ON_TIMEOUT: dict[str, frozenset[SandboxState]] = {
     "kill": frozenset({S.RUNNING, S.PAUSED}),
     "pause": frozenset({S.RUNNING}),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,14 @@ class LifecycleOps:
             "auto_resume": params.auto_resume,
         }
         return await self._svc._store.update_sandbox(record.id, policy) or record
+
+    def idle_actions(self) -> dict[str, Callable[[SandboxRecord], Awaitable[object]]]:
+        """What each ``on_timeout`` does (``idle.ON_TIMEOUT`` says in which states)."""
+        svc = self._svc
+        return {
+            "kill": lambda r: svc._kill(r.id, "idle"),
+            "pause": lambda r: svc.pause(r.tenant, r.id),
+        }
 
     def spec_of(self, record: SandboxRecord) -> SandboxSpec:
         """The spec a stopped sandbox starts from again: everything from its record."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -478,13 +478,7 @@ class SandboxService:
     async def sweep(self) -> list[str]:
         """Kill every sandbox whose deadline passed, then apply idle timeouts;
         returns the ids of the sandboxes acted on."""
-        return await self._recovery.sweep() + await self.idle.sweep(self.idle_actions())
-
-    def idle_actions(self) -> dict[str, Callable[[SandboxRecord], Awaitable[object]]]:
-        return {
-            "kill": lambda r: self._kill(r.id, "idle"),
-            "pause": lambda r: self.pause(r.tenant, r.id),
-        }
+        return await self._recovery.sweep() + await self.idle.sweep(self.lifecycle.idle_actions())
 
     async def reconcile(self) -> dict[str, list[str]]:
         """Bring the store and the host into agreement after a (re)start."""
