@@ -3,6 +3,7 @@ and a real SQLite store; and the transition table against its documented copy.""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,12 +20,14 @@ from sandbank.errors import (
     SnapshotNotFound,
     ValidationFailed,
 )
+from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.base import JobSpec
 from sandbank.runtime.fake import FakeRuntime
 from sandbank.server.service.lifecycle import ACTIVE, TRANSITIONS, SandboxState, require
 from sandbank.server.service.lifecycle_ops import UpdateParams
 from sandbank.server.service.params import CreateParams, ExecParams
 from sandbank.server.service.policy import Quota
+from sandbank.server.service.preview import PreviewGate
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
 from sandbank.server.store.sql import SqlStore
@@ -296,3 +299,30 @@ async def test_deadline_kills_stopped_and_timeout_extends_it(parts: Parts) -> No
     clock.advance(11)
     assert await service.sweep() == [record.id]
     assert record.id not in runtime.boxes
+
+
+async def test_auto_resume_under_the_lock_does_not_deadlock(parts: Parts) -> None:
+    service, runtime, _, _ = parts
+    record = await service.create("t1", CreateParams(auto_resume=True))
+    await service.pause("t1", record.id)
+    policy = NetworkPolicy(allow_internet_access=False)
+    updated = await asyncio.wait_for(service.set_network("t1", record.id, policy), 5)
+    assert updated.status == "running" and runtime.boxes[record.id].spec.network == policy
+
+
+async def test_preview_requests_count_as_activity(tmp_path: Path) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await store.open()
+    runtime, clock = FakeRuntime(), Clock()
+    service = make_service(store, runtime, clock)
+    gate = PreviewGate(store, runtime, tmp_path / "preview.key", touch=service.idle.touch)
+    try:
+        record = await service.create("t1", CreateParams(idle_timeout=10))
+        clock.advance(8)
+        await gate.open(record.id, 8080, token=None, tenant="t1")
+        clock.advance(8)
+        assert await service.sweep() == []
+        clock.advance(3)
+        assert await service.sweep() == [record.id]
+    finally:
+        await store.close()

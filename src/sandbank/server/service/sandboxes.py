@@ -130,9 +130,13 @@ class SandboxService:
         self.idle.touch(sandbox_id)
         return record
 
-    async def _running(self, tenant: str, sandbox_id: str, operation: str) -> SandboxRecord:
+    async def _running(
+        self, tenant: str, sandbox_id: str, operation: str, *, resume: bool = True
+    ) -> SandboxRecord:
+        """``resume``: resume a paused sandbox with ``auto_resume`` (never when the
+        caller holds the sandbox's lock, which resuming takes)."""
         record = await self.get(tenant, sandbox_id)
-        if record.status == S.PAUSED and record.auto_resume:
+        if resume and record.status == S.PAUSED and record.auto_resume:
             record = await self.resume(tenant, sandbox_id)
         require(record.status, frozenset({S.RUNNING}), operation, sandbox_id)
         return record
@@ -347,8 +351,9 @@ class SandboxService:
         self, tenant: str, sandbox_id: str, policy: NetworkPolicy
     ) -> SandboxRecord:
         """Replace the egress policy of a running sandbox; stored once in force."""
+        await self._running(tenant, sandbox_id, "change the network of")
         async with self._lock(sandbox_id):
-            await self._running(tenant, sandbox_id, "change the network of")
+            await self._running(tenant, sandbox_id, "change the network of", resume=False)
             await self._runtime.set_network_policy(sandbox_id, policy)
             updated = await self._store.update_sandbox(
                 sandbox_id,
