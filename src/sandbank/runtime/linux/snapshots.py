@@ -64,9 +64,11 @@ def allocated(path: Path) -> int:
         return 0
 
 
-def copy_image(src: Path, dst: Path) -> str:
+def copy_image(src: Path, dst: Path, durable: bool = True) -> str:
     """Copy ``src`` to a new ``dst``, sharing blocks if the file system can, else
-    sparse; returns ``reflink`` or ``sparse``. On any failure ``dst`` is removed."""
+    sparse; returns ``reflink`` or ``sparse``. On any failure ``dst`` is removed.
+    ``durable``: fsync the copy (a snapshot must outlive a host crash; a
+    sandbox's disk need not, see disk.py)."""
     try:
         with open(src, "rb") as fin, open(dst, "xb") as fout:
             try:
@@ -76,7 +78,8 @@ def copy_image(src: Path, dst: Path) -> str:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
                     raise
             _sparse_copy(fin.fileno(), fout.fileno())
-            os.fsync(fout.fileno())
+            if durable:
+                os.fsync(fout.fileno())
             return "sparse"
     except BaseException:
         dst.unlink(missing_ok=True)
@@ -209,7 +212,7 @@ async def restore(rt: LinuxRuntime, sandbox_id: str, snapshot_id: str) -> None:
         tmp = box.root / "disk.img.restore"
         tmp.unlink(missing_ok=True)
         try:
-            await asyncio.to_thread(copy_image, source, tmp)
+            await asyncio.to_thread(copy_image, source, tmp, False)
         except OSError as exc:
             if _full(exc):
                 raise DiskFull(
