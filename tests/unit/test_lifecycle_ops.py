@@ -326,3 +326,20 @@ async def test_preview_requests_count_as_activity(tmp_path: Path) -> None:
         assert await service.sweep() == [record.id]
     finally:
         await store.close()
+
+
+async def test_a_followed_stream_keeps_the_sandbox_busy(parts: Parts) -> None:
+    service, _, clock, _ = parts
+    record = await service.create("t1", CreateParams(idle_timeout=10))
+    _, channel = await service.channel("t1", record.id, "run processes in")
+    job = await channel.start(JobSpec(cmd=["sleep", "100"]))
+    events = channel.attach(job.pid, 0, True)
+    reader = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0.02)  # the stream is open and waiting for output
+    clock.advance(60)
+    assert await service.sweep() == []
+    await channel.signal(job.pid, "KILL")
+    assert (await reader).kind == "exit"
+    await events.aclose()
+    clock.advance(11)
+    assert await service.sweep() == [record.id]

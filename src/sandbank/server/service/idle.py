@@ -2,7 +2,9 @@
 
 Every operation on a sandbox goes through ``SandboxService.get`` (API calls,
 exec, files, processes) or ``PreviewGate.open`` (preview requests); both call
-``IdleTracker.touch``, which only writes a time into a dict. The deadline
+``IdleTracker.touch``, which only writes a time into a dict. Work inside a
+sandbox runs through an ``activity.ActiveChannel``, which keeps the sandbox
+busy (never idle) while a call or stream is under way. The deadline
 sweep flushes those times to the store (``last_activity_at``) once per round,
 so a restart loses at most one sweep interval of activity, and then applies
 ``on_timeout`` to every sandbox idle for ``idle_timeout`` seconds.
@@ -15,8 +17,9 @@ one more entry (and the service method it calls).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 
 from sandbank.errors import SandbankError, ValidationFailed
@@ -56,6 +59,21 @@ class IdleTracker:
         #: sandbox id -> last activity not yet written to the store.
         self._pending: dict[str, datetime] = {}
         self._seen: dict[str, datetime] = {}
+        #: sandbox id -> calls inside it under way (see activity.py).
+        self._busy: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def busy(self, sandbox_id: str) -> Iterator[None]:
+        """Activity for as long as the block runs (a long exec, a followed stream)."""
+        self.touch(sandbox_id)
+        self._busy[sandbox_id] = self._busy.get(sandbox_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._busy.pop(sandbox_id) - 1
+            if left:
+                self._busy[sandbox_id] = left
+            self.touch(sandbox_id)
 
     def touch(self, sandbox_id: str) -> None:
         now = self._clock()
@@ -67,7 +85,7 @@ class IdleTracker:
         return max(t for t in times if t is not None)
 
     def idle_since(self, record: SandboxRecord, now: datetime) -> bool:
-        if not record.idle_timeout:
+        if not record.idle_timeout or record.id in self._busy:
             return False
         return self.last_activity(record) + timedelta(seconds=record.idle_timeout) <= now
 

@@ -30,6 +30,7 @@ from sandbank.runtime.base import (
     SandboxUsage,
     TemplateInfo,
 )
+from sandbank.server.service.activity import ActiveChannel
 from sandbank.server.service.idle import IdleTracker, check_policy
 from sandbank.server.service.lifecycle import (
     ACTIVE,
@@ -129,6 +130,9 @@ class SandboxService:
             raise self._gone(record)
         self.idle.touch(sandbox_id)
         return record
+
+    def _channel(self, sandbox_id: str) -> SandboxChannel:
+        return ActiveChannel(self._runtime.channel(sandbox_id), self.idle, sandbox_id)
 
     async def _running(
         self, tenant: str, sandbox_id: str, operation: str, *, resume: bool = True
@@ -452,7 +456,7 @@ class SandboxService:
             stdin=params.stdin,
             max_output=self._limits.exec_max_output,
         )
-        result = await self._runtime.channel(sandbox_id).exec(spec)
+        result = await self._channel(sandbox_id).exec(spec)
         self._telemetry.executed(result.duration_ms / 1000)
         return result
 
@@ -461,7 +465,7 @@ class SandboxService:
     ) -> tuple[SandboxRecord, SandboxChannel]:
         """A running sandbox's record and channel, for operations inside it."""
         record = await self._running(tenant, sandbox_id, operation)
-        return record, self._runtime.channel(sandbox_id)
+        return record, self._channel(sandbox_id)
 
     @property
     def limits(self) -> Limits:
@@ -469,7 +473,7 @@ class SandboxService:
 
     async def files(self, tenant: str, sandbox_id: str) -> SandboxChannel:
         await self._running(tenant, sandbox_id, "access files of")
-        return self._runtime.channel(sandbox_id)
+        return self._channel(sandbox_id)
 
     async def templates(self) -> list[TemplateInfo]:
         return await self._runtime.templates()
