@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,23 @@ async def test_a_followed_stream_keeps_the_sandbox_busy(parts: Parts) -> None:
     await events.aclose()
     clock.advance(11)
     assert await service.sweep() == [record.id]
+
+
+async def test_activity_is_flushed_at_most_every_five_seconds(parts: Parts) -> None:
+    service, _, clock, store = parts
+    record = await service.create("t1", CreateParams())
+    await service.get("t1", record.id)
+    await service.sweep()
+    first = clock.now
+    assert (await store.get_sandbox(record.id)).last_activity_at == first  # type: ignore[union-attr]
+    clock.advance(1)
+    await service.get("t1", record.id)
+    await service.sweep()
+    assert (await store.get_sandbox(record.id)).last_activity_at == first  # type: ignore[union-attr]
+    clock.advance(5)
+    await service.sweep()
+    later = (await store.get_sandbox(record.id)).last_activity_at  # type: ignore[union-attr]
+    assert later == first + timedelta(seconds=1)
+    await service.get("t1", record.id)
+    await service.idle.flush(force=True)
+    assert (await store.get_sandbox(record.id)).last_activity_at == clock.now  # type: ignore[union-attr]

@@ -133,6 +133,7 @@ def create_app(
             # Pooled sandboxes keep running: the next start adopts them.
             await service.pool.stop()
             await sweeper.stop()
+            await service.idle.flush(force=True)
             await runtime.close()
             await store.close()
 

@@ -5,8 +5,9 @@ exec, files, processes) or ``PreviewGate.open`` (preview requests); both call
 ``IdleTracker.touch``, which only writes a time into a dict. Work inside a
 sandbox runs through an ``activity.ActiveChannel``, which keeps the sandbox
 busy (never idle) while a call or stream is under way. The deadline
-sweep flushes those times to the store (``last_activity_at``) once per round,
-so a restart loses at most one sweep interval of activity, and then applies
+sweep flushes those times to the store (``last_activity_at``) in one
+transaction at most every 5 seconds, so a restart loses at most that much
+activity (the sweep decides on the times in memory), and then applies
 ``on_timeout`` to every sandbox idle for ``idle_timeout`` seconds.
 
 The idle clock starts at creation; a sandbox never touched since then is idle
@@ -53,9 +54,13 @@ def check_policy(limits: Limits, idle_timeout: int | None, on_timeout: str | Non
 
 
 class IdleTracker:
-    def __init__(self, store: Store, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, store: Store, clock: Callable[[], datetime], flush_every: float = 5.0
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._flush_every = timedelta(seconds=flush_every)
+        self._flushed_at: datetime | None = None
         #: sandbox id -> last activity not yet written to the store.
         self._pending: dict[str, datetime] = {}
         self._seen: dict[str, datetime] = {}
@@ -89,10 +94,16 @@ class IdleTracker:
             return False
         return self.last_activity(record) + timedelta(seconds=record.idle_timeout) <= now
 
-    async def flush(self) -> None:
+    async def flush(self, force: bool = False) -> None:
+        """Write the activity seen since the last flush, in one transaction, at most
+        every ``flush_every`` seconds (decisions use the times in memory)."""
+        now = self._clock()
+        due = self._flushed_at is None or now - self._flushed_at >= self._flush_every
+        if not self._pending or not (due or force):
+            return
         pending, self._pending = self._pending, {}
-        for sandbox_id, when in pending.items():
-            await self._store.update_sandbox(sandbox_id, {"last_activity_at": when})
+        self._flushed_at = now
+        await self._store.set_last_activity(pending)
 
     def forget(self, sandbox_id: str) -> None:
         self._pending.pop(sandbox_id, None)

@@ -133,6 +133,10 @@ class Store(Protocol):
         create reads both under its tenant's lock."""
         ...
 
+    async def set_last_activity(self, times: Mapping[str, datetime]) -> None:
+        """``last_activity_at`` of many sandboxes in one transaction."""
+        ...
+
     async def idle_candidates(self, statuses: Iterable[str]) -> list[SandboxRecord]:
         """Sandboxes in ``statuses`` that have an idle timeout."""
         ...

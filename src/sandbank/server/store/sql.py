@@ -15,7 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, func, insert, select, update
+from sqlalchemy import Connection, bindparam, event, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -198,6 +198,17 @@ class SqlStore:
         if all(limit is None for limit in limits):
             return None, usage
         return QuotaRecord(tenant, *limits), usage
+
+    async def set_last_activity(self, times: Mapping[str, datetime]) -> None:
+        if not times:
+            return
+        stmt = (
+            update(sandboxes)
+            .where(sandboxes.c.id == bindparam("sid"))
+            .values(last_activity_at=bindparam("at"))
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt, [{"sid": k, "at": v} for k, v in times.items()])
 
     async def idle_candidates(self, statuses: Iterable[str]) -> list[SandboxRecord]:
         stmt = select(sandboxes).where(
