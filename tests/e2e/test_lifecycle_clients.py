@@ -84,8 +84,12 @@ def test_cli_lifecycle(server: ServerProcess, client_env: dict[str, str]) -> Non
         assert json.loads(ok(client_env, "snapshots", "get", "cli-snap", "--json"))["id"] == snap_id
         restored = json.loads(ok(client_env, "restore", sid, "cli-snap", "--json"))
         assert restored["status"] == "running"
-        resized = json.loads(ok(client_env, "update", sid, "--memory", "1024", "--json"))
-        assert resized["memory_mb"] == 1024
+        resized = json.loads(
+            ok(client_env, "update", sid, "--memory", "1024", "--idle-timeout", "900", "--json")
+        )
+        assert resized["memory_mb"] == 1024 and resized["idle_timeout"] == 900
+        clone = json.loads(ok(client_env, "create", "--snapshot", "cli-snap", "--json"))
+        ok(client_env, "kill", clone["id"])
         assert json.loads(ok(client_env, "restart", sid, "--json"))["status"] == "running"
         ok(client_env, "snapshots", "rm", snap_id)
         snap_id = None
