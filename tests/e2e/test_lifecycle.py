@@ -39,7 +39,8 @@ def test_stop_start_keeps_disk_restarts_processes(
     # Nothing but the disk image is left on the host.
     box = server.data_dir / "sandboxes" / sandbox_id
     assert sorted(p.name for p in box.iterdir()) <= ["agent.log", "disk.img", "runtime.json"]
-    assert [x for x in leftovers(server.data_dir, run_cgroups()) if "sandbox dir" not in x] == []
+    left = leftovers(server.data_dir, run_cgroups())
+    assert [x for x in left if sandbox_id in x and "sandbox dir" not in x] == []
     assert api.post(f"{base}/stop").json()["status"] == "stopped"
 
     refused = api.post(f"{base}/exec", json={"command": "true"})

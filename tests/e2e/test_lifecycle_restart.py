@@ -43,7 +43,9 @@ def test_kill_9_with_stopped_and_snapshots() -> None:
             assert api.get(f"/v1/sandboxes/{stopped}").json()["status"] == "stopped"
             assert api.get(f"/v1/sandboxes/{midstop}").json()["status"] == "stopped"
             assert not stray.exists()
-            assert not [x for x in leftovers(srv.data_dir, run_cgroups()) if "sandbox dir" not in x]
+            left = leftovers(srv.data_dir, run_cgroups())
+            ours = [x for x in left if stopped in x or midstop in x]
+            assert [x for x in ours if "sandbox dir" not in x] == []
             for sid, want in ((stopped, "later"), (midstop, midstop)):
                 assert api.post(f"/v1/sandboxes/{sid}/start").json()["status"] == "running"
                 out = api.post(f"/v1/sandboxes/{sid}/exec", json={"command": "cat ~/id"}).json()
