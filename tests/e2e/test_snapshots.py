@@ -154,6 +154,14 @@ def test_snapshot_on_a_full_disk_leaves_the_source_untouched() -> None:
         srv.start()
         with srv.client() as api:
             sandbox_id = api.post("/v1/sandboxes", json={}).json()["id"]
+            # While it fits: a snapshot takes its size from the file system, and
+            # deleting it gives exactly that back (df of a file system only this uses).
+            free = os.statvfs(folder).f_bfree
+            small = api.post(f"/v1/sandboxes/{sandbox_id}/snapshots").json()
+            used = (free - os.statvfs(folder).f_bfree) * os.statvfs(folder).f_frsize
+            assert used >= small["size_bytes"] > 0
+            assert api.delete(f"/v1/snapshots/{small['id']}").status_code == 204
+            assert os.statvfs(folder).f_bfree == free
             run(api, sandbox_id, "head -c 16000000 /dev/urandom > ~/blob; sha256sum ~/blob > ~/s")
             full = api.post(f"/v1/sandboxes/{sandbox_id}/snapshots", json={"name": "big"})
             assert full.status_code == 507, full.text

@@ -69,8 +69,8 @@ def copy_image(src: Path, dst: Path, durable: bool = True) -> str:
     sparse; returns ``reflink`` or ``sparse``. On any failure ``dst`` is removed.
     ``durable``: fsync the copy (a snapshot must outlive a host crash; a
     sandbox's disk need not, see disk.py)."""
-    try:
-        with open(src, "rb") as fin, open(dst, "xb") as fout:
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        try:
             try:
                 fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
                 return "reflink"
@@ -81,9 +81,10 @@ def copy_image(src: Path, dst: Path, durable: bool = True) -> str:
             if durable:
                 os.fsync(fout.fileno())
             return "sparse"
-    except BaseException:
-        dst.unlink(missing_ok=True)
-        raise
+        except BaseException:
+            # Only what this call created: "xb" refused an existing file above.
+            dst.unlink(missing_ok=True)
+            raise
 
 
 def _sparse_copy(src: int, dst: int) -> None:
