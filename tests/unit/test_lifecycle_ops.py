@@ -364,3 +364,14 @@ async def test_activity_is_flushed_at_most_every_five_seconds(parts: Parts) -> N
     await service.get("t1", record.id)
     await service.idle.flush(force=True)
     assert (await store.get_sandbox(record.id)).last_activity_at == clock.now  # type: ignore[union-attr]
+
+
+async def test_resize_a_stopped_sandbox_applies_at_start(parts: Parts) -> None:
+    service, runtime, _, _ = parts
+    record = await service.create("t1", CreateParams())
+    await service.lifecycle.stop("t1", record.id)
+    resized = await service.lifecycle.update("t1", record.id, UpdateParams(vcpu=2, memory_mb=1024))
+    assert resized.status == "stopped" and (resized.vcpu, resized.memory_mb) == (2, 1024)
+    await service.lifecycle.start("t1", record.id)
+    spec = runtime.boxes[record.id].spec
+    assert (spec.vcpu, spec.memory_mb) == (2, 1024)
