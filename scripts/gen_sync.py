@@ -37,6 +37,7 @@ REPLACEMENTS = {
     "AsyncPtyHandle": "PtyHandle",
     # websockets.asyncio.client -> websockets.sync.client (the terminal's socket)
     "asyncio": "sync",
+    "AsyncSnapshots": "Snapshots",
     "AsyncApiConnection": "ApiConnection",
     "AsyncClient": "Client",
     "AsyncBaseTransport": "BaseTransport",

@@ -38,6 +38,7 @@ from sandbank.errors import (
     SandboxNotFound,
     SandboxPaused,
     SandboxUnavailable,
+    SnapshotNotFound,
     TemplateNotFound,
     Timeout,
     Unauthorized,
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
         SandboxInfo,
         SandboxMetrics,
         ServerUnreachable,
+        SnapshotInfo,
+        Snapshots,
         TemplateInfo,
     )
 
@@ -90,6 +93,8 @@ _CLIENT_NAMES = frozenset(
         "SandboxInfo",
         "SandboxMetrics",
         "ServerUnreachable",
+        "SnapshotInfo",
+        "Snapshots",
         "TemplateInfo",
     }
 )
@@ -150,6 +155,9 @@ __all__ = [
     "SandboxPaused",
     "SandboxUnavailable",
     "ServerUnreachable",
+    "SnapshotInfo",
+    "SnapshotNotFound",
+    "Snapshots",
     "TemplateInfo",
     "TemplateNotFound",
     "Timeout",

@@ -19,6 +19,7 @@ Stdlib only: the agent imports this module inside sandboxes.
     │   ├── TemplateNotFound (template_not_found, 404)
     │   ├── FileNotFound (file_not_found, 404)
     │   ├── ProcessNotFound (process_not_found, 404)
+    │   ├── SnapshotNotFound (snapshot_not_found, 404)
     │   └── KeyNotFound (key_not_found, 404)
     ├── Conflict (conflict, 409)
     │   ├── InvalidState (invalid_state, 409)
@@ -116,6 +117,10 @@ class FileNotFound(NotFound):
 
 class ProcessNotFound(NotFound):
     code = "process_not_found"
+
+
+class SnapshotNotFound(NotFound):
+    code = "snapshot_not_found"
 
 
 class KeyNotFound(NotFound):

@@ -116,6 +116,12 @@ def sandbox(info: SandboxInfo) -> None:
     ]
     if info.killed_at is not None:
         rows.append(("killed", f"{_when(info.killed_at)} UTC ({info.kill_reason or '-'})"))
+    if info.disk_bytes is not None:
+        rows.append(("disk used", _bytes(info.disk_bytes)))
+    if info.idle_timeout:
+        rows.append(("idle", f"{info.on_timeout} after {info.idle_timeout}s"))
+    if info.error:
+        rows.append(("error", info.error))
     _details(rows)
 
 

@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from sandbank import errors
 from sandbank.client import Sandbox
 
-from . import _processes, _render, _shell
+from . import _lifecycle, _processes, _render, _shell
 from ._options import ServerOptions, parse_pairs
 from ._transfer import copy
 
@@ -102,6 +102,7 @@ def create(
     timeout: Annotated[int | None, typer.Option(help="Seconds until it is killed.")] = None,
     env: Pairs = None,
     metadata: Pairs = None,
+    snapshot: Annotated[str | None, typer.Option(help="Start on a copy of this snapshot.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a sandbox."""
@@ -115,6 +116,7 @@ def create(
         envs=parse_pairs("--env", env) or None,
         metadata=parse_pairs("--metadata", metadata) or None,
         timeout=timeout,
+        snapshot=snapshot,
         api_key=options.resolved_key(),
         base_url=options.url,
     )
@@ -226,6 +228,7 @@ def timeout_given(ctx: typer.Context) -> bool:
 
 _processes.register(app)
 _shell.register(app)
+_lifecycle.register(app)
 
 
 @app.command()

@@ -4,10 +4,10 @@ Both speak only HTTP to a sandbank server; ``_sync`` is generated from
 ``_async`` by ``scripts/gen_sync.py``.
 """
 
-from sandbank.client._async import AsyncAdminClient, AsyncSandbox
+from sandbank.client._async import AsyncAdminClient, AsyncSandbox, AsyncSnapshots
 from sandbank.client._async.process import CommandHandle as AsyncCommandHandle
 from sandbank.client._async.pty import AsyncPtyHandle
-from sandbank.client._sync import AdminClient, Sandbox
+from sandbank.client._sync import AdminClient, Sandbox, Snapshots
 from sandbank.client._sync.process import CommandHandle
 from sandbank.client._sync.pty import PtyHandle
 from sandbank.client.exceptions import CommandExitError, ServerUnreachable
@@ -20,6 +20,7 @@ from sandbank.client.models import (
     ProcessInfo,
     SandboxInfo,
     SandboxMetrics,
+    SnapshotInfo,
     TemplateInfo,
 )
 from sandbank.client.pty_types import PtyInfo, PtyResult, PtySize
@@ -32,6 +33,7 @@ __all__ = [
     "AsyncCommandHandle",
     "AsyncPtyHandle",
     "AsyncSandbox",
+    "AsyncSnapshots",
     "CommandExitError",
     "CommandHandle",
     "CommandResult",
@@ -46,5 +48,7 @@ __all__ = [
     "SandboxInfo",
     "SandboxMetrics",
     "ServerUnreachable",
+    "SnapshotInfo",
+    "Snapshots",
     "TemplateInfo",
 ]

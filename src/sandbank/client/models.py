@@ -80,6 +80,14 @@ class SandboxInfo(_Snapshot):
     killed_at: datetime | None = None
     kill_reason: str | None = None
     network: NetworkInfo = field(default_factory=NetworkInfo)
+    #: Seconds without activity before ``on_timeout`` (``kill`` or ``pause``).
+    idle_timeout: int | None = None
+    on_timeout: str = "kill"
+    auto_resume: bool = False
+    #: Host bytes of its disk image (in answers about this one sandbox).
+    disk_bytes: int | None = None
+    #: Why the last start or stop failed, if it did.
+    error: str | None = None
 
     @property
     def sandbox_id(self) -> str:
@@ -104,6 +112,36 @@ class SandboxInfo(_Snapshot):
             killed_at=_optional_datetime(data.get("killed_at")),
             kill_reason=data.get("kill_reason"),
             network=NetworkInfo.from_dict(data.get("network")),
+            idle_timeout=data.get("idle_timeout"),
+            on_timeout=data.get("on_timeout") or "kill",
+            auto_resume=bool(data.get("auto_resume", False)),
+            disk_bytes=data.get("disk_bytes"),
+            error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class SnapshotInfo(_Snapshot):
+    """A copy of a sandbox's disk; restore it or create sandboxes from it."""
+
+    id: str
+    name: str
+    sandbox_id: str
+    template: str
+    disk_gb: int
+    size_bytes: int
+    created_at: datetime
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SnapshotInfo:
+        return cls(
+            id=data["id"],
+            name=data.get("name", data["id"]),
+            sandbox_id=data.get("sandbox_id", ""),
+            template=data.get("template", ""),
+            disk_gb=int(data.get("disk_gb", 0)),
+            size_bytes=int(data.get("size_bytes", 0)),
+            created_at=_datetime(data["created_at"]),
         )
 
 

@@ -71,6 +71,14 @@ class CreateSandboxRequest(Strict):
     #: False: no egress at all (no DNS either).
     allow_internet_access: bool = True
     network: NetworkBody | None = None
+    #: Id or name of a snapshot: the new sandbox starts on a copy of its disk
+    #: (and gets its template and disk size).
+    snapshot: str | None = None
+    #: Seconds without any operation on the sandbox before ``on_timeout``.
+    idle_timeout: StrictInt | None = None
+    on_timeout: Literal["kill", "pause"] | None = None
+    #: Operations on a paused sandbox resume it instead of answering 409.
+    auto_resume: bool = False
 
     @field_validator("env")
     @classmethod
@@ -146,6 +154,47 @@ class SandboxOut(BaseModel):
     killed_at: datetime | None = None
     kill_reason: str | None = None
     network: NetworkOut = Field(default_factory=NetworkOut)
+    idle_timeout: int | None = None
+    on_timeout: str = "kill"
+    auto_resume: bool = False
+    #: Bytes the sandbox's disk image occupies on the host (single-sandbox answers).
+    disk_bytes: int | None = None
+    #: Why the last start or stop failed, if it did.
+    error: str | None = None
+
+
+class UpdateSandboxRequest(Strict):
+    """``PATCH /v1/sandboxes/{id}``: live resize (running or stopped) and the idle
+    policy; fields left out are unchanged. ``idle_timeout: 0`` clears it."""
+
+    vcpu: float | None = None
+    memory_mb: StrictInt | None = None
+    idle_timeout: StrictInt | None = None
+    on_timeout: Literal["kill", "pause"] | None = None
+    auto_resume: bool | None = None
+
+
+class SnapshotRequest(Strict):
+    name: str | None = Field(default=None, max_length=128)
+
+
+class RestoreRequest(Strict):
+    #: Id or name of the snapshot.
+    snapshot: str
+
+
+class SnapshotOut(BaseModel):
+    id: str
+    name: str
+    sandbox_id: str
+    template: str
+    disk_gb: int
+    size_bytes: int
+    created_at: datetime
+
+
+class SnapshotList(BaseModel):
+    data: list[SnapshotOut]
 
 
 class PreviewOut(BaseModel):

@@ -286,6 +286,44 @@ class Runtime(Protocol):
         """Thaw a paused sandbox; idempotent."""
         ...
 
+    # Stop and start: the container goes, its disk image stays (runtime/linux/stopstart.py).
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        """End every process and free everything but the disk image; idempotent.
+        A paused sandbox is stopped as it is."""
+        ...
+
+    async def start_sandbox(self, spec: SandboxSpec) -> None:
+        """Make the container of a stopped sandbox again on its kept disk image
+        (from ``spec``: limits, hostname, egress policy; a new address) and return
+        once its channel answers. On failure the sandbox is left stopped."""
+        ...
+
+    async def disk_bytes(self, sandbox_id: str) -> int:
+        """Host bytes the sandbox's disk image occupies (0 when it has none)."""
+        ...
+
+    # Snapshots: copies of a sandbox's disk image kept by the runtime.
+
+    async def snapshot(self, sandbox_id: str, snapshot_id: str) -> int:
+        """Copy the disk of a running, paused or stopped sandbox consistently
+        (briefly frozen while it is copied); returns the copy's host bytes.
+        DiskFull, with nothing left behind, when the host has no room."""
+        ...
+
+    async def restore(self, sandbox_id: str, snapshot_id: str) -> None:
+        """Make a copy of the snapshot the disk of ``sandbox_id``, which is stopped
+        or does not exist yet (then ``start_sandbox`` creates it from there)."""
+        ...
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a snapshot's files; idempotent."""
+        ...
+
+    async def snapshot_ids(self) -> set[str]:
+        """Ids of every snapshot with files on the host."""
+        ...
+
     async def running(self) -> set[str]:
         """Ids of every sandbox this driver has anything of on the host."""
         ...

@@ -18,11 +18,15 @@ from dataclasses import dataclass, field
 
 from sandbank.errors import (
     Conflict,
+    DiskFull,
     FileNotFound,
+    InvalidState,
     IsADirectory,
     NotFound,
     RuntimeFailure,
+    SandboxNotFound,
     SandboxUnavailable,
+    SnapshotNotFound,
     TemplateNotFound,
     Timeout,
 )
@@ -309,6 +313,10 @@ class FakeRuntime:
         #: Set to make the next create fail, to test the service's cleanup.
         self.fail_next_create: str | None = None
         self.destroyed: list[str] = []
+        #: Snapshot id -> (files, dirs) of the disk copied.
+        self.snapshots: dict[str, tuple[dict[str, bytes], set[str]]] = {}
+        #: Bytes left on the "host" for snapshots; None: unlimited.
+        self.snapshot_room: int | None = None
 
     async def start(self) -> None:
         return None
@@ -338,6 +346,9 @@ class FakeRuntime:
         box = self.boxes.get(spec.id)
         if box is None or not box.alive:
             raise SandboxUnavailable(f"sandbox {spec.id} is not running")
+        used = sum(len(v) for v in box.files.values())
+        if spec.memory_mb * 2**20 < used:
+            raise InvalidState(f"sandbox {spec.id} uses {used} bytes, above the new limit")
         box.spec = spec
 
     async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
@@ -361,6 +372,54 @@ class FakeRuntime:
         if box is None or not box.alive:
             raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
         box.paused = False
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        box = self.boxes.get(sandbox_id)
+        if box is None:
+            raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
+        box.alive = box.paused = False
+        box.__dict__.pop("_fake_jobs", None)
+
+    async def start_sandbox(self, spec: SandboxSpec) -> None:
+        box = self.boxes.get(spec.id)
+        if box is None:
+            raise SandboxNotFound(f"sandbox {spec.id} has no disk to start from")
+        if self.fail_next_create:
+            message, self.fail_next_create = self.fail_next_create, None
+            raise RuntimeFailure(message)
+        box.spec, box.alive, box.paused = spec, True, False
+
+    async def disk_bytes(self, sandbox_id: str) -> int:
+        box = self.boxes.get(sandbox_id)
+        return 0 if box is None else sum(len(v) for v in box.files.values())
+
+    async def snapshot(self, sandbox_id: str, snapshot_id: str) -> int:
+        box = self.boxes.get(sandbox_id)
+        if box is None:
+            raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
+        size = sum(len(v) for v in box.files.values())
+        if self.snapshot_room is not None and size > self.snapshot_room:
+            raise DiskFull(f"no room for a {size}-byte snapshot", needed_bytes=size)
+        self.snapshots[snapshot_id] = (dict(box.files), set(box.dirs))
+        return size
+
+    async def restore(self, sandbox_id: str, snapshot_id: str) -> None:
+        if snapshot_id not in self.snapshots:
+            raise SnapshotNotFound(f"snapshot {snapshot_id} has no files")
+        files, dirs = self.snapshots[snapshot_id]
+        box = self.boxes.get(sandbox_id)
+        if box is not None and box.alive:
+            raise InvalidState(f"sandbox {sandbox_id} is running; stop it first")
+        if box is None:
+            spec = SandboxSpec(sandbox_id, "base", 1, 512, 1, sandbox_id)
+            box = self.boxes[sandbox_id] = FakeSandbox(spec, alive=False)
+        box.files, box.dirs = dict(files), set(dirs)
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        self.snapshots.pop(snapshot_id, None)
+
+    async def snapshot_ids(self) -> set[str]:
+        return set(self.snapshots)
 
     async def running(self) -> set[str]:
         return set(self.boxes)

@@ -17,9 +17,11 @@ from sandbank.server.api import (
     errors,
     exec_ws,
     files,
+    lifecycle,
     preview,
     processes,
     sandboxes,
+    snapshots,
     system,
     terminal_page,
     terminals,
@@ -138,6 +140,7 @@ def create_app(
             # Pooled sandboxes keep running: the next start adopts them.
             await service.pool.stop()
             await sweeper.stop()
+            await service.idle.flush(force=True)
             await runtime.close()
             await store.close()
 
@@ -147,12 +150,16 @@ def create_app(
         keys=keys,
         telemetry=telemetry,
         base_url=settings.base_url,
-        preview=PreviewGate(store, runtime, Path(settings.data_dir) / PREVIEW_KEY_FILE),
+        preview=PreviewGate(
+            store, runtime, Path(settings.data_dir) / PREVIEW_KEY_FILE, touch=service.idle.touch
+        ),
         terminals=TerminalService(service, store, Path(settings.data_dir) / TERMINAL_KEY_FILE),
     )
     app.add_middleware(preview.PreviewHosts)
     errors.install(app)
-    for module in (system, sandboxes, processes, exec_ws, files, admin, preview):
+    for module in (
+        system, sandboxes, lifecycle, snapshots, processes, exec_ws, files, admin, preview
+    ):
         app.include_router(module.router)
     app.include_router(terminals.router)
     app.include_router(terminal_page.router)

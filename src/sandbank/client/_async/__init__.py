@@ -4,5 +4,6 @@ from .admin import AsyncAdminClient
 from .commands import AsyncCommands
 from .files import AsyncFilesystem
 from .sandbox import AsyncSandbox
+from .snapshots import AsyncSnapshots
 
-__all__ = ["AsyncAdminClient", "AsyncCommands", "AsyncFilesystem", "AsyncSandbox"]
+__all__ = ["AsyncAdminClient", "AsyncCommands", "AsyncFilesystem", "AsyncSandbox", "AsyncSnapshots"]

@@ -15,7 +15,7 @@ import httpx
 from sandbank import errors
 
 from .._config import CREATE_TIMEOUT
-from ..models import NetworkInfo, SandboxInfo, SandboxMetrics
+from ..models import NetworkInfo, SandboxInfo, SandboxMetrics, SnapshotInfo
 from ._http import ApiConnection, QueryValue
 from .commands import Commands
 from .files import Filesystem
@@ -105,6 +105,10 @@ class Sandbox:
         timeout: int | None = None,
         allow_internet_access: bool | None = None,
         network: Mapping[str, Sequence[str]] | None = None,
+        snapshot: str | None = None,
+        idle_timeout: int | None = None,
+        on_timeout: str | None = None,
+        auto_resume: bool | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -116,7 +120,10 @@ class Sandbox:
         ``allow_internet_access=False`` gives it no egress at all; ``network``
         is ``{"allow_out": [...], "deny_out": [...]}`` of IPv4 addresses and
         CIDRs, where allow wins over deny (``deny_out=[ALL_TRAFFIC]`` plus
-        ``allow_out`` is an allow list).
+        ``allow_out`` is an allow list). ``snapshot`` (id or name) starts it on a
+        copy of that snapshot's disk. ``idle_timeout`` seconds without any
+        operation on it lead to ``on_timeout`` (``kill`` or ``pause``);
+        ``auto_resume`` makes calls on a paused sandbox resume it.
         """
         body: dict[str, Any] = {"template": template}
         optional: dict[str, Any] = {
@@ -130,6 +137,10 @@ class Sandbox:
             "timeout": timeout,
             "allow_internet_access": allow_internet_access,
             "network": {k: list(v) for k, v in network.items()} if network is not None else None,
+            "snapshot": snapshot,
+            "idle_timeout": idle_timeout,
+            "on_timeout": on_timeout,
+            "auto_resume": auto_resume,
         }
         body.update({key: value for key, value in optional.items() if value is not None})
         connection = ApiConnection.open(api_key, base_url, transport)
@@ -230,6 +241,56 @@ class Sandbox:
     def resume(self) -> SandboxInfo:
         """Thaw a paused sandbox; idempotent."""
         data = self._connection.request_json("POST", f"{self._path}/resume")
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    def _lifecycle(self, verb: str, body: dict[str, Any] | None = None) -> SandboxInfo:
+        data = self._connection.request_json("POST", f"{self._path}/{verb}", json=body)
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    def stop(self) -> SandboxInfo:
+        """End every process and free memory and CPU; the disk is kept. Idempotent."""
+        return self._lifecycle("stop")
+
+    def start(self) -> SandboxInfo:
+        """Start a stopped sandbox on its disk; processes begin from scratch."""
+        return self._lifecycle("start")
+
+    def restart(self) -> SandboxInfo:
+        return self._lifecycle("restart")
+
+    def restore(self, snapshot: str) -> SandboxInfo:
+        """Put the disk back to ``snapshot`` (id or name); a running sandbox is
+        restarted on it, a stopped one stays stopped."""
+        return self._lifecycle("restore", {"snapshot": snapshot})
+
+    def snapshot(self, name: str | None = None) -> SnapshotInfo:
+        """A consistent copy of the sandbox's disk (it is frozen while copied)."""
+        body = {"name": name} if name is not None else {}
+        data = self._connection.request_json("POST", f"{self._path}/snapshots", json=body)
+        return SnapshotInfo.from_dict(data)
+
+    def update(
+        self,
+        *,
+        vcpu: float | None = None,
+        memory_mb: int | None = None,
+        idle_timeout: int | None = None,
+        on_timeout: str | None = None,
+        auto_resume: bool | None = None,
+    ) -> SandboxInfo:
+        """Resize (live when running) and/or change the idle policy; None: unchanged,
+        ``idle_timeout=0``: none."""
+        given = {
+            "vcpu": vcpu,
+            "memory_mb": memory_mb,
+            "idle_timeout": idle_timeout,
+            "on_timeout": on_timeout,
+            "auto_resume": auto_resume,
+        }
+        body = {key: value for key, value in given.items() if value is not None}
+        data = self._connection.request_json("PATCH", self._path, json=body)
         self._info = SandboxInfo.from_dict(data)
         return self._info
 

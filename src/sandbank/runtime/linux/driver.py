@@ -38,6 +38,8 @@ from sandbank.runtime.linux import (
     resolv,
     rootfs,
     seccomp,
+    snapshots,
+    stopstart,
     teardown,
 )
 from sandbank.runtime.linux.accounting import UsageReader
@@ -65,7 +67,7 @@ class _Settings(Protocol):
     def template_root(self) -> Path: ...
 
 
-class LinuxRuntime:
+class LinuxRuntime(stopstart.DiskLifecycle):
     name = "linux"
 
     def __init__(
@@ -248,7 +250,7 @@ class LinuxRuntime:
     async def _build(
         self, spec: SandboxSpec, box: SandboxDir, lower: Path, mark: Callable[[str], None]
     ) -> None:
-        box.root.mkdir(mode=0o711)
+        box.root.mkdir(mode=0o711, exist_ok=True)  # a stopped sandbox's dir has its disk
         cgroups_path = f"{self.cgroup_parent.rstrip('/')}/sandbank/{spec.id}"
         pids = self._pids(spec.pids_limit)
         record = SandboxRecord(
@@ -258,7 +260,8 @@ class LinuxRuntime:
         )  # fmt: skip
         record.save(box.record)
         mark("prepare")
-        await self.pool.take(spec.disk_gb, box.image)
+        if not box.image.exists():
+            await self.pool.take(spec.disk_gb, box.image)
         mark("disk image")
         await asyncio.to_thread(rootfs.assemble, box, lower, spec.hostname, mark)
         listener = rootfs.listen(box)
@@ -443,6 +446,7 @@ class LinuxRuntime:
             return False
         client = AgentClient(box.socket)
         cgroup = self.cgroup(sandbox_id)
+        snapshots.thaw_disk(self, sandbox_id)
         with contextlib.suppress(OSError):
             if cgroup is not None and cgroup.frozen():
                 # Paused: its agent cannot answer until resumed.

@@ -17,6 +17,12 @@ class SandboxState(StrEnum):
     POOLED = "pooled"
     #: Frozen by the caller (cgroup freezer): memory kept, no CPU until resumed.
     PAUSED = "paused"
+    #: Processes being ended; the disk stays.
+    STOPPING = "stopping"
+    #: No process, no memory, no network: only the disk image is kept.
+    STOPPED = "stopped"
+    #: A stopped sandbox's container being made again on its disk.
+    STARTING = "starting"
 
 
 S = SandboxState
@@ -24,8 +30,13 @@ S = SandboxState
 #: state -> states it may move to.
 TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
     S.CREATING: frozenset({S.RUNNING, S.POOLED, S.ERROR, S.KILLING}),
-    S.RUNNING: frozenset({S.KILLING, S.ERROR, S.PAUSED}),
-    S.PAUSED: frozenset({S.RUNNING, S.KILLING}),
+    S.RUNNING: frozenset({S.KILLING, S.ERROR, S.PAUSED, S.STOPPING}),
+    # A paused sandbox may be stopped: its frozen processes are killed as they are.
+    S.PAUSED: frozenset({S.RUNNING, S.KILLING, S.STOPPING}),
+    S.STOPPING: frozenset({S.STOPPED, S.ERROR, S.KILLING}),
+    S.STOPPED: frozenset({S.STARTING, S.KILLING}),
+    # A start that fails leaves the disk as it was: back to stopped.
+    S.STARTING: frozenset({S.RUNNING, S.STOPPED, S.ERROR, S.KILLING}),
     S.KILLING: frozenset({S.KILLED, S.ERROR}),
     S.ERROR: frozenset({S.KILLING}),
     S.KILLED: frozenset(),
@@ -34,8 +45,11 @@ TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
 }
 
 #: States that count against a tenant's quota. Pooled sandboxes hold host
-#: resources too, but belong to no tenant until they are handed out.
-ACTIVE: frozenset[SandboxState] = frozenset({S.CREATING, S.RUNNING, S.PAUSED, S.KILLING})
+#: resources too, but belong to no tenant until they are handed out; stopped
+#: ones hold only their disk image, which no quota limits.
+ACTIVE: frozenset[SandboxState] = frozenset(
+    {S.CREATING, S.RUNNING, S.PAUSED, S.KILLING, S.STOPPING, S.STARTING}
+)
 
 #: States a tenant may see or filter on; the pool is internal.
 PUBLIC: frozenset[SandboxState] = frozenset(set(SandboxState) - {S.POOLED})
@@ -43,10 +57,30 @@ PUBLIC: frozenset[SandboxState] = frozenset(set(SandboxState) - {S.POOLED})
 #: States listed by default (killed sandboxes are kept as records only).
 VISIBLE: frozenset[SandboxState] = PUBLIC - {S.KILLED}
 
+#: States with a disk image on the host that a snapshot can copy.
+HAS_DISK: frozenset[SandboxState] = frozenset({S.RUNNING, S.PAUSED, S.STOPPED})
+
 
 def sources_of(target: SandboxState) -> frozenset[SandboxState]:
     """Every state from which ``target`` can be reached."""
     return frozenset(src for src, dsts in TRANSITIONS.items() if target in dsts)
+
+
+def can_move(current: str, target: SandboxState) -> bool:
+    return target in TRANSITIONS.get(SandboxState(current), frozenset())
+
+
+def _hint(state: SandboxState, sandbox_id: str) -> str:
+    base = f"/v1/sandboxes/{sandbox_id}"
+    return {
+        S.CREATING: "wait until it is running",
+        S.STARTING: "wait until it is running",
+        S.KILLING: "it is being deleted",
+        S.ERROR: "it failed; delete it and create a new one",
+        S.STOPPING: f"wait until it is stopped, then start it (POST {base}/start)",
+        S.STOPPED: f"start it first (POST {base}/start)",
+        S.RUNNING: f"stop it first (POST {base}/stop)",
+    }.get(state, "")
 
 
 def require(
@@ -56,18 +90,20 @@ def require(
     is not allowed in ``current``."""
     if SandboxState(current) in allowed:
         return
+    allowed_text = ", ".join(sorted(s.value for s in allowed))
     if current == S.PAUSED:
         raise SandboxPaused(
             f"cannot {operation} sandbox {sandbox_id}: it is paused; resume it first "
             f"(POST /v1/sandboxes/{sandbox_id}/resume)",
             state=current,
+            allowed_states=sorted(s.value for s in allowed),
         )
-    hint = {
-        S.CREATING: "wait until it is running",
-        S.KILLING: "it is being deleted",
-        S.ERROR: "it failed; delete it and create a new one",
-    }.get(SandboxState(current), "")
+    hint = _hint(SandboxState(current), sandbox_id)
+    if current == S.RUNNING and S.STOPPED not in allowed:
+        hint = ""
     raise InvalidState(
-        f"cannot {operation} sandbox {sandbox_id}: it is {current}" + (f"; {hint}" if hint else ""),
+        f"cannot {operation} sandbox {sandbox_id}: it is {current}"
+        + (f"; {hint}" if hint else f"; it must be {allowed_text}"),
         state=current,
+        allowed_states=sorted(s.value for s in allowed),
     )

@@ -30,6 +30,8 @@ from sandbank.runtime.base import (
     SandboxUsage,
     TemplateInfo,
 )
+from sandbank.server.service.activity import ActiveChannel
+from sandbank.server.service.idle import IdleTracker, check_policy
 from sandbank.server.service.lifecycle import (
     ACTIVE,
     PUBLIC,
@@ -38,11 +40,13 @@ from sandbank.server.service.lifecycle import (
     require,
     sources_of,
 )
+from sandbank.server.service.lifecycle_ops import LifecycleOps
 from sandbank.server.service.params import CreateParams, ExecParams, Resolved, new_sandbox_id
 from sandbank.server.service.policy import Limits, Quota, check_quota, check_timeout, resolve
 from sandbank.server.service.pool import POOL_REASON, POOL_TENANT, PoolConfig, WarmPool
 from sandbank.server.service.recovery import Recovery
 from sandbank.server.service.shell import command_argv
+from sandbank.server.service.snapshots import SnapshotService
 from sandbank.server.service.telemetry import Telemetry
 from sandbank.server.store.base import Page, SandboxRecord, Store
 
@@ -85,6 +89,9 @@ class SandboxService:
             create_slots=self._create_slots,
         )
         self._recovery = Recovery(store, runtime, clock, telemetry, kill=self._kill)
+        self.idle = IdleTracker(store, clock)
+        self.lifecycle = LifecycleOps(self)
+        self.snapshots = SnapshotService(self)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -121,16 +128,33 @@ class SandboxService:
         record = await self._owned(tenant, sandbox_id)
         if record.status == S.KILLED:
             raise self._gone(record)
+        self.idle.touch(sandbox_id)
         return record
 
-    async def _running(self, tenant: str, sandbox_id: str, operation: str) -> SandboxRecord:
+    def _channel(self, sandbox_id: str) -> SandboxChannel:
+        return ActiveChannel(self._runtime.channel(sandbox_id), self.idle, sandbox_id)
+
+    async def _running(
+        self, tenant: str, sandbox_id: str, operation: str, *, resume: bool = True
+    ) -> SandboxRecord:
+        """``resume``: resume a paused sandbox with ``auto_resume`` (never when the
+        caller holds the sandbox's lock, which resuming takes)."""
         record = await self.get(tenant, sandbox_id)
+        if resume and record.status == S.PAUSED and record.auto_resume:
+            record = await self.resume(tenant, sandbox_id)
         require(record.status, frozenset({S.RUNNING}), operation, sandbox_id)
         return record
 
     # -- create ----------------------------------------------------------------------
 
     async def create(self, tenant: str, params: CreateParams) -> SandboxRecord:
+        check_policy(self._limits, params.idle_timeout, params.on_timeout)
+        return await self.lifecycle.apply_policy(await self._create(tenant, params), params)
+
+    async def _create(self, tenant: str, params: CreateParams) -> SandboxRecord:
+        if params.snapshot is not None:
+            want, snapshot_id = await self.snapshots.resolve_create(tenant, params)
+            return await self._create_cold(tenant, want, snapshot_id=snapshot_id)
         want = resolve(self._limits, params)
         await self._runtime.ensure_template(want.template)
         if not self.pool.serves(want.template, want.disk_gb):
@@ -224,7 +248,9 @@ class SandboxService:
             raise failure
         return None
 
-    async def _create_cold(self, tenant: str, want: Resolved) -> SandboxRecord:
+    async def _create_cold(
+        self, tenant: str, want: Resolved, snapshot_id: str | None = None
+    ) -> SandboxRecord:
         now = self._clock()
         sandbox_id = new_sandbox_id()
         record = SandboxRecord(
@@ -252,7 +278,11 @@ class SandboxService:
             started = self._clock()
             try:
                 async with self._create_slots:
-                    await self._runtime.create(self._spec(sandbox_id, want))
+                    if snapshot_id is None:
+                        await self._runtime.create(self._spec(sandbox_id, want))
+                    else:  # the snapshot's copy as its disk, then started like a stopped one
+                        await self._runtime.restore(sandbox_id, snapshot_id)
+                        await self._runtime.start_sandbox(self._spec(sandbox_id, want))
             except BaseException as exc:
                 await self._fail(sandbox_id, exc)
                 raise
@@ -307,7 +337,7 @@ class SandboxService:
         record = await self.get(tenant, sandbox_id)
         require(
             record.status,
-            frozenset({S.CREATING, S.RUNNING, S.PAUSED}),
+            frozenset({S.CREATING, S.RUNNING, S.PAUSED, S.STOPPED}),
             "set the timeout of",
             sandbox_id,
         )
@@ -315,7 +345,7 @@ class SandboxService:
         updated = await self._store.update_sandbox(
             sandbox_id,
             {"expires_at": now + timedelta(seconds=seconds), "updated_at": now},
-            only_from=[S.CREATING, S.RUNNING, S.PAUSED],
+            only_from=[S.CREATING, S.RUNNING, S.PAUSED, S.STOPPED],
         )
         if updated is None:
             return await self.get(tenant, sandbox_id)
@@ -325,8 +355,9 @@ class SandboxService:
         self, tenant: str, sandbox_id: str, policy: NetworkPolicy
     ) -> SandboxRecord:
         """Replace the egress policy of a running sandbox; stored once in force."""
+        await self._running(tenant, sandbox_id, "change the network of")
         async with self._lock(sandbox_id):
-            await self._running(tenant, sandbox_id, "change the network of")
+            await self._running(tenant, sandbox_id, "change the network of", resume=False)
             await self._runtime.set_network_policy(sandbox_id, policy)
             updated = await self._store.update_sandbox(
                 sandbox_id,
@@ -366,6 +397,7 @@ class SandboxService:
                 {"status": S.KILLED, "killed_at": now, "kill_reason": reason, "updated_at": now},
             )
         self._locks.pop(sandbox_id, None)
+        self.idle.forget(sandbox_id)
         self._telemetry.killed(reason, was_running)
 
     # -- pause / resume ----------------------------------------------------------------
@@ -424,7 +456,7 @@ class SandboxService:
             stdin=params.stdin,
             max_output=self._limits.exec_max_output,
         )
-        result = await self._runtime.channel(sandbox_id).exec(spec)
+        result = await self._channel(sandbox_id).exec(spec)
         self._telemetry.executed(result.duration_ms / 1000)
         return result
 
@@ -433,7 +465,7 @@ class SandboxService:
     ) -> tuple[SandboxRecord, SandboxChannel]:
         """A running sandbox's record and channel, for operations inside it."""
         record = await self._running(tenant, sandbox_id, operation)
-        return record, self._runtime.channel(sandbox_id)
+        return record, self._channel(sandbox_id)
 
     @property
     def limits(self) -> Limits:
@@ -441,7 +473,7 @@ class SandboxService:
 
     async def files(self, tenant: str, sandbox_id: str) -> SandboxChannel:
         await self._running(tenant, sandbox_id, "access files of")
-        return self._runtime.channel(sandbox_id)
+        return self._channel(sandbox_id)
 
     async def templates(self) -> list[TemplateInfo]:
         return await self._runtime.templates()
@@ -453,9 +485,12 @@ class SandboxService:
     # -- deadlines and recovery ------------------------------------------------------------
 
     async def sweep(self) -> list[str]:
-        """Kill every sandbox whose deadline passed; returns their ids."""
-        return await self._recovery.sweep()
+        """Kill every sandbox whose deadline passed, then apply idle timeouts;
+        returns the ids of the sandboxes acted on."""
+        return await self._recovery.sweep() + await self.idle.sweep(self.lifecycle.idle_actions())
 
     async def reconcile(self) -> dict[str, list[str]]:
         """Bring the store and the host into agreement after a (re)start."""
-        return await self._recovery.reconcile()
+        report = await self._recovery.reconcile()
+        report["snapshot_orphans"] = await self.snapshots.cleanup_orphans()
+        return report
