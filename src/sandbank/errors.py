@@ -83,6 +83,12 @@ class NotADirectory(BadRequest):
     code = "not_a_directory"
 
 
+class NotText(BadRequest):
+    """A text read of data that does not decode in the asked-for encoding."""
+
+    code = "not_text"
+
+
 class Unauthorized(SandbankError):
     code = "unauthorized"
     status = 401

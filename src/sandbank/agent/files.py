@@ -41,12 +41,47 @@ def read(conn: Conn, req: dict[str, Any]) -> None:
             raise errors.IsADirectory(f"{path} is a directory")
         if not stat.S_ISREG(st.st_mode):
             raise errors.BadRequest(f"{path} is not a regular file")
+        encoding = req.get("encoding")
+        decoder = None if encoding is None else _text_decoder(fd, path, encoding)
         conn.ok(entry=entry(path, st))
         while chunk := os.read(fd, CHUNK):
+            if decoder is not None:
+                decoder.decode(chunk)  # changed since the check: cut the stream
             conn.send(DATA, chunk)
+        if decoder is not None:
+            decoder.decode(b"", final=True)
         conn.send(END)
     finally:
         os.close(fd)
+
+
+def _text_decoder(fd: int, path: str, encoding: object) -> Any:
+    """Check the whole file decodes as ``encoding`` before answering (a second
+    pass over the disk, not memory), so binary data on a text read is a clear
+    error rather than a broken stream. Returns a fresh decoder for the send."""
+    import codecs
+
+    if not isinstance(encoding, str) or not encoding:
+        raise errors.BadRequest("encoding must be a non-empty string")
+    try:
+        factory = codecs.getincrementaldecoder(encoding)
+    except LookupError:
+        raise errors.BadRequest(f"unknown text encoding {encoding!r}") from None
+    decoder = factory("strict")
+    offset = 0
+    try:
+        while chunk := os.read(fd, CHUNK):
+            decoder.decode(chunk)
+            offset += len(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise errors.NotText(
+            f"{path} is not {encoding} text (byte {offset + exc.start} cannot be decoded); "
+            "read it as bytes instead",
+            encoding=encoding,
+        ) from None
+    os.lseek(fd, 0, os.SEEK_SET)
+    return factory("strict")
 
 
 def write(conn: Conn, req: dict[str, Any]) -> None:

@@ -24,9 +24,6 @@ from typing import Any
 
 from sandbank.errors import SandbankError, SandboxUnavailable, Timeout, from_code
 from sandbank.protocol.agent import (
-    CHUNK,
-    DATA,
-    END,
     HEADER,
     JSON,
     MAX_FRAME,
@@ -34,9 +31,9 @@ from sandbank.protocol.agent import (
     STDOUT,
     FrameError,
     decode_json,
-    encode,
     encode_json,
 )
+from sandbank.runtime.agent_files import AgentFileTree
 from sandbank.runtime.base import (
     ExecResult,
     ExecSpec,
@@ -101,7 +98,7 @@ class _Link:
             self._buf += data
 
 
-class AgentClient:
+class AgentClient(AgentFileTree):
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
 
@@ -245,17 +242,8 @@ class AgentClient:
             truncated=truncated,
         )
 
-    async def read_file(self, path: str) -> AsyncIterator[bytes]:
-        async with self._open({"op": "read", "path": path}) as link:
-            # The header decides before the first chunk: a missing file raises here.
-            self._checked(await link.json())
-            while True:
-                kind, payload = await link.frame()
-                if kind == END:
-                    return
-                if kind != DATA:
-                    raise FrameError(f"unexpected {kind!r} frame in a file stream")
-                yield payload
+    def read_file(self, path: str) -> AsyncIterator[bytes]:
+        return self._download({"op": "read", "path": path})
 
     async def write_file(
         self,
@@ -266,28 +254,7 @@ class AgentClient:
         mode: int | None = None,
     ) -> FileEntry:
         request = {"op": "write", "path": path, "user": user, "mode": mode}
-        async with self._open(request) as link:
-            # The agent may refuse before the stream ends (a directory, a full
-            # disk): its answer is read concurrently, and sending stops once it comes.
-            answer = asyncio.ensure_future(link.json())
-            try:
-                async for chunk in chunks:
-                    if answer.done():
-                        break
-                    for start in range(0, len(chunk), CHUNK):
-                        await link.send(encode(DATA, chunk[start : start + CHUNK]))
-                else:
-                    if not answer.done():
-                        await link.send(encode(END))
-            except BaseException:
-                # The data source failed (the uploader went away): closing
-                # without Z makes the agent discard everything it received.
-                answer.cancel()
-                with contextlib.suppress(BaseException):
-                    await answer
-                raise
-            header = self._checked(await answer)
-        return _entry(header["entry"])
+        return _entry((await self._upload(request, chunks))["entry"])
 
     async def list_dir(self, path: str, depth: int = 1) -> list[FileEntry]:
         header = await self._call({"op": "list", "path": path, "depth": depth})

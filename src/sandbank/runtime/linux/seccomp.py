@@ -75,4 +75,3 @@ def profile(machine: str | None = None) -> dict[str, Any]:
             _deny_newuser("unshare", 0),
         ],
     }
-

@@ -1,0 +1,304 @@
+"""Directory trees as tar streams, both ways, never held whole in memory.
+
+``tar`` packs a directory with ``tarfile`` in stream mode (``w|``) straight
+into ``D`` frames. ``untar`` unpacks a stream (``r|*``: plain or compressed)
+into a fresh hidden directory beside the target and renames it into place
+only after the ``Z`` frame, so a cut upload leaves nothing at the target path.
+
+Extraction refuses anything that could land outside the target: absolute
+names, ``..`` components, writing through a symlink that leads out, symlinks
+or hard links pointing outside, and device nodes and FIFOs. Set-id bits are
+dropped; everything created belongs to the requesting user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+
+from sandbank.agent.base import (
+    Identity,
+    chown,
+    entry,
+    identity,
+    make_dirs,
+    os_error,
+    remove_dirs,
+    resolve,
+)
+from sandbank.agent.conn import Conn, errors, suppress
+from sandbank.agent.files import _refuse, _temp_name
+from sandbank.protocol.agent import CHUNK, DATA, END, FrameError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+COPY_SIZE = 1024 * 1024
+
+
+class FrameReader:
+    """The ``D`` frames of a request as a file object for ``tarfile``; ``Z`` is EOF.
+
+    A stream cut before its ``Z`` raises ``ConnectionError``: never a short archive.
+    """
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+        self._buf = memoryview(b"")
+        self.ended = False
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._buf and not self.ended:
+            self._next()
+        if size < 0 or size >= len(self._buf):
+            data, self._buf = bytes(self._buf), memoryview(b"")
+            return data
+        data, self._buf = bytes(self._buf[:size]), self._buf[size:]
+        return data
+
+    def _next(self) -> None:
+        while not self.ended and not self._buf:
+            try:
+                kind, payload = self._conn.recv_frame()
+            except FrameError as exc:
+                raise ConnectionError(f"the upload was cut: {exc}") from None
+            if kind == END:
+                self.ended = True
+            elif kind == DATA:
+                self._buf = memoryview(payload)
+            else:
+                raise errors.BadRequest(f"expected a data frame, got {kind!r}")
+
+    def drain(self) -> None:
+        """Read up to ``Z`` (a tar's end blocks may come before the stream's end)."""
+        while not self.ended:
+            self._buf = memoryview(b"")
+            self._next()
+
+
+class FrameWriter:
+    """A file object for ``tarfile`` that sends what it gets as ``D`` frames of ``CHUNK``."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+        self._buf = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        while len(self._buf) >= CHUNK:
+            self._conn.send(DATA, bytes(self._buf[:CHUNK]))
+            del self._buf[:CHUNK]
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buf:
+            self._conn.send(DATA, bytes(self._buf))
+            self._buf.clear()
+
+
+# -- download ----------------------------------------------------------------------
+
+
+def tar_dir(conn: Conn, req: dict[str, Any]) -> None:
+    """``tar`` {path, user} -> ok+entry, D*, Z: names relative to ``path``."""
+    top = resolve(req.get("path"), req.get("user"))
+    st = os.stat(top)
+    if not stat.S_ISDIR(st.st_mode):
+        raise errors.NotADirectory(f"{top} is not a directory; read a single file instead")
+    conn.ok(entry=entry(top, st))
+    out = FrameWriter(conn)
+    # A file that shrinks while it is read makes tarfile raise: the stream is
+    # then cut without its Z, which the client sees as a failed download.
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for root, dirs, files in os.walk(top):
+            dirs.sort()
+            for name in [*dirs, *sorted(files)]:
+                path = os.path.join(root, name)
+                with suppress(FileNotFoundError):  # gone since the walk listed it
+                    tar.add(path, arcname=os.path.relpath(path, top), recursive=False)
+    out.flush()
+    conn.send(END)
+
+
+# -- upload ------------------------------------------------------------------------
+
+
+def untar(conn: Conn, req: dict[str, Any]) -> None:
+    """``untar`` {path, user, overwrite} + D*, Z -> ok+entry.
+
+    Like ``write``, a refusal may come before the ``Z``; the rest is discarded.
+    """
+    created: list[str] = []
+    staging: str | None = None
+    reader = FrameReader(conn)
+    try:
+        who = identity(req.get("user"))
+        target = resolve(req.get("path"), who)
+        if target == "/":
+            raise errors.InvalidPath("cannot unpack onto /")
+        replace = _check_target(target, bool(req.get("overwrite", False)))
+        created = make_dirs(os.path.dirname(target), who)
+        staging = _temp_name(target)
+        os.mkdir(staging, 0o700)
+        Extractor(staging, who).run(reader)
+        reader.drain()
+        _swap_in(staging, target, replace)
+        staging = None
+        created = []
+        conn.ok(entry=entry(target))
+    except errors.SandbankError as exc:
+        _refuse(conn, exc, reader.ended)
+    except (FrameError, ConnectionError):
+        raise
+    except tarfile.TarError as exc:
+        bad = errors.BadRequest(f"the upload is not a valid tar stream: {exc}")
+        _refuse(conn, bad, reader.ended)
+    except OSError as exc:
+        _refuse(conn, os_error(exc), reader.ended)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        remove_dirs(created)
+
+
+def _check_target(target: str, overwrite: bool) -> bool:
+    """Whether a directory already at ``target`` is to be replaced."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        raise errors.FileExists(f"{target} exists and is not a directory")
+    if not overwrite:
+        raise errors.FileExists(f"{target} already exists; pass overwrite=true to replace it")
+    return True
+
+
+def _swap_in(staging: str, target: str, replace: bool) -> None:
+    """Rename the unpacked tree into place. Replacing takes two renames: the old
+    tree moves aside first, and comes back if the second rename fails."""
+    if not replace:
+        os.rename(staging, target)
+        return
+    old = _temp_name(target)
+    os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class Extractor:
+    """Unpacks a tar stream into ``root`` (a directory of its own), refusing escapes."""
+
+    def __init__(self, root: str, who: Identity) -> None:
+        self.root = os.path.realpath(root)
+        self.who = who
+        self._dirs: list[tuple[str, int, float]] = []
+
+    def run(self, source: FrameReader) -> None:
+        with tarfile.open(fileobj=source, mode="r|*") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                self._extract(tar, member)
+        # Directory modes and times last: a read-only directory must not block
+        # what goes into it, and writing into one changes its mtime.
+        for path, mode, mtime in reversed(self._dirs):
+            os.chmod(path, mode)
+            os.utime(path, (mtime, mtime))
+
+    def _extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        rel = member_path(member.name)
+        if rel is None:  # the archive's root itself
+            return
+        dest = os.path.join(self.root, rel)
+        self._parent(dest, member.name)
+        mode = member.mode & 0o777
+        if member.isdir():
+            if not os.path.isdir(dest) or os.path.islink(dest):
+                self._clear(dest)
+                os.mkdir(dest, 0o700)
+                chown(dest, self.who)
+            self._dirs.append((dest, mode | 0o200, member.mtime))
+            return
+        self._clear(dest)
+        if member.isreg():
+            self._file(tar, member, dest, mode)
+        elif member.issym():
+            self._symlink(member, rel, dest)
+        elif member.islnk():
+            self._hardlink(member, dest)
+        else:
+            raise errors.InvalidPath(
+                f"{member.name!r} is a device node or FIFO; archives may hold only files, "
+                "directories and links"
+            )
+
+    def _parent(self, dest: str, name: str) -> None:
+        parent = os.path.dirname(dest)
+        if not os.path.lexists(parent):
+            make_dirs(parent, self.who)
+        real = os.path.realpath(parent)
+        if real != self.root and not real.startswith(self.root + "/"):
+            raise errors.InvalidPath(f"{name!r} would be written outside the target through a link")
+
+    def _clear(self, dest: str) -> None:
+        try:
+            st = os.lstat(dest)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise errors.InvalidPath(f"{os.path.relpath(dest, self.root)!r} is a directory twice")
+        os.unlink(dest)  # a later member of the same name wins, as with tar itself
+
+    def _file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, mode: int) -> None:
+        source = tar.extractfile(member)
+        fd = os.open(
+            dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            while source is not None and (chunk := source.read(COPY_SIZE)):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            if os.geteuid() == 0:
+                os.fchown(fd, self.who.uid, self.who.gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.utime(dest, (member.mtime, member.mtime), follow_symlinks=False)
+
+    def _symlink(self, member: tarfile.TarInfo, rel: str, dest: str) -> None:
+        target = member.linkname
+        inside = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+        if os.path.isabs(target) or inside == ".." or inside.startswith("../"):
+            raise errors.InvalidPath(
+                f"symlink {member.name!r} -> {target!r} points outside the target"
+            )
+        os.symlink(target, dest)
+        chown(dest, self.who)
+
+    def _hardlink(self, member: tarfile.TarInfo, dest: str) -> None:
+        rel = member_path(member.linkname)
+        source = os.path.join(self.root, rel) if rel else self.root
+        real = os.path.realpath(source)
+        if rel is None or not real.startswith(self.root + "/") or not os.path.isfile(source):
+            raise errors.InvalidPath(
+                f"hard link {member.name!r} -> {member.linkname!r} does not name a file "
+                "unpacked earlier in the archive"
+            )
+        os.link(real, dest, follow_symlinks=False)
+
+
+def member_path(name: str) -> str | None:
+    """An archive name as a safe relative path; None for the root itself."""
+    if name.startswith("/") or "\0" in name:
+        raise errors.InvalidPath(f"archive member {name!r} has an absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise errors.InvalidPath(f"archive member {name!r} climbs out with '..'")
+    return "/".join(parts) or None
