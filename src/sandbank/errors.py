@@ -171,6 +171,13 @@ class PortUnreachable(BadGateway):
     code = "port_unreachable"
 
 
+class Unsupported(SandbankError):
+    """The sandbox's runtime does not offer the operation."""
+
+    code = "unsupported"
+    status = 501
+
+
 class SandboxUnavailable(SandbankError):
     code = "sandbox_unavailable"
     status = 503

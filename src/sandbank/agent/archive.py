@@ -134,6 +134,7 @@ def untar(conn: Conn, req: dict[str, Any]) -> None:
     created: list[str] = []
     staging: str | None = None
     reader = FrameReader(conn)
+    failure: errors.SandbankError | None = None
     try:
         who = identity(req.get("user"))
         target = resolve(req.get("path"), who)
@@ -143,25 +144,34 @@ def untar(conn: Conn, req: dict[str, Any]) -> None:
         created = make_dirs(os.path.dirname(target), who)
         staging = _temp_name(target)
         os.mkdir(staging, 0o700)
+        chown(staging, who)
+        os.chmod(staging, 0o755)  # unless the archive's "." entry says otherwise
         Extractor(staging, who).run(reader)
         reader.drain()
         _swap_in(staging, target, replace)
         staging = None
         created = []
         conn.ok(entry=entry(target))
-    except errors.SandbankError as exc:
-        _refuse(conn, exc, reader.ended)
     except (FrameError, ConnectionError):
         raise
-    except tarfile.TarError as exc:
-        bad = errors.BadRequest(f"the upload is not a valid tar stream: {exc}")
-        _refuse(conn, bad, reader.ended)
-    except OSError as exc:
-        _refuse(conn, os_error(exc), reader.ended)
+    except (errors.SandbankError, tarfile.TarError, OSError) as exc:
+        failure = upload_error(exc)
     finally:
+        # Cleaned up before any answer: a client told of a failure finds nothing left.
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         remove_dirs(created)
+    if failure is not None:
+        _refuse(conn, failure, reader.ended)
+
+
+def upload_error(exc: Exception) -> errors.SandbankError:
+    if isinstance(exc, errors.SandbankError):
+        return exc
+    if isinstance(exc, tarfile.TarError):
+        return errors.BadRequest(f"the upload is not a valid tar stream: {exc}")
+    assert isinstance(exc, OSError)
+    return os_error(exc)
 
 
 def _check_target(target: str, overwrite: bool) -> bool:
@@ -213,7 +223,9 @@ class Extractor:
 
     def _extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         rel = member_path(member.name)
-        if rel is None:  # the archive's root itself
+        if rel is None:  # the archive's root itself: only its mode and time count
+            if member.isdir():
+                self._dirs.append((self.root, member.mode & 0o777 | 0o200, member.mtime))
             return
         dest = os.path.join(self.root, rel)
         self._parent(dest, member.name)

@@ -7,8 +7,8 @@ import re
 import stat
 import tarfile
 
-from sandbank.agent.archive import FrameReader
-from sandbank.agent.base import Names, entry, identity, make_dirs, os_error, remove_dirs, resolve
+from sandbank.agent.archive import FrameReader, upload_error
+from sandbank.agent.base import Names, entry, identity, make_dirs, remove_dirs, resolve
 from sandbank.agent.conn import Conn, errors, suppress
 from sandbank.agent.files import _mode, _refuse, _target, _temp_name
 from sandbank.protocol.agent import FrameError
@@ -36,6 +36,7 @@ def write_files(conn: Conn, req: dict[str, Any]) -> None:
     created: list[str] = []
     pending: list[tuple[str, str]] = []
     reader = FrameReader(conn)
+    failure: errors.SandbankError | None = None
     current = ""
     try:
         who = identity(req.get("user"))
@@ -61,20 +62,18 @@ def write_files(conn: Conn, req: dict[str, Any]) -> None:
         created = []
         names = Names()
         conn.ok(entries=[entry(target, None, names) for target in targets])
-    except errors.SandbankError as exc:
-        _refuse(conn, _naming(exc, current), reader.ended)
     except (FrameError, ConnectionError):
         raise
-    except tarfile.TarError as exc:
-        bad = errors.BadRequest(f"the upload is not a valid tar stream: {exc}")
-        _refuse(conn, bad, reader.ended)
-    except OSError as exc:
-        _refuse(conn, _naming(os_error(exc), current), reader.ended)
+    except (errors.SandbankError, tarfile.TarError, OSError) as exc:
+        failure = _naming(upload_error(exc), current)
     finally:
+        # Cleaned up before any answer: a client told of a failure finds nothing left.
         for tmp, _ in pending:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
         remove_dirs(created)
+    if failure is not None:
+        _refuse(conn, failure, reader.ended)
 
 
 def _member_mode(member: tarfile.TarInfo) -> int | None:

@@ -142,7 +142,8 @@ class AgentFileTree:
     ) -> AsyncIterator[WatchEvent]:
         request = {"op": "watch", "path": path, "recursive": recursive, "user": user}
         async with self._open(request) as link:
-            self._checked(await link.json())
+            header = self._checked(await link.json())
+            yield WatchEvent(kind="start", name=str(header.get("path", path)))
             while True:
                 kind, payload = await link.frame()
                 if kind != JSON:

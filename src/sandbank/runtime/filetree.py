@@ -19,9 +19,11 @@ WatchEventType = Literal["create", "write", "remove", "rename", "chmod"]
 
 @dataclass(frozen=True)
 class WatchEvent:
-    """One event of a watch. ``kind`` is ``fs`` (then ``type``, ``name`` relative
-    to the watched directory, ``is_dir``), ``keepalive``, ``overflow`` (the
-    kernel dropped events) or ``end`` (the watched directory went away; ``reason``)."""
+    """One event of a watch. ``kind`` is ``start`` (first, once the watch is
+    set up; ``name`` is the watched directory's absolute path), ``fs`` (then
+    ``type``, ``name`` relative to the watched directory, ``is_dir``),
+    ``keepalive``, ``overflow`` (the kernel dropped events) or ``end`` (the
+    watched directory went away; ``reason``)."""
 
     kind: str
     type: WatchEventType | None = None
@@ -78,5 +80,6 @@ class FileTreeChannel(Protocol):
     def watch(
         self, path: str, *, recursive: bool = False, user: str = "user"
     ) -> AsyncIterator[WatchEvent]:
-        """Events until the iterator is closed; a missing path raises before the first."""
+        """A ``start`` event, then events until the iterator is closed; a missing
+        path raises before ``start``."""
         ...
