@@ -35,6 +35,7 @@ REPLACEMENTS = {
     "AsyncAdminClient": "AdminClient",
     "AsyncApiConnection": "ApiConnection",
     "AsyncClient": "Client",
+    "AsyncWatchHandle": "WatchHandle",
     "AsyncBaseTransport": "BaseTransport",
     "aclose": "close",
     "aread": "read",

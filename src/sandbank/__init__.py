@@ -29,6 +29,7 @@ from sandbank.errors import (
     KeyNotFound,
     NotADirectory,
     NotFound,
+    NotText,
     PayloadTooLarge,
     PermissionDenied,
     ProcessNotFound,
@@ -41,6 +42,7 @@ from sandbank.errors import (
     TemplateNotFound,
     Timeout,
     Unauthorized,
+    Unsupported,
     ValidationFailed,
 )
 
@@ -121,6 +123,7 @@ __all__ = [
     "KeyNotFound",
     "NotADirectory",
     "NotFound",
+    "NotText",
     "PayloadTooLarge",
     "PermissionDenied",
     "ProcessInfo",
@@ -139,6 +142,7 @@ __all__ = [
     "TemplateNotFound",
     "Timeout",
     "Unauthorized",
+    "Unsupported",
     "ValidationFailed",
     "__version__",
 ]

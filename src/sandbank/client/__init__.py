@@ -19,6 +19,7 @@ from sandbank.client.models import (
     SandboxMetrics,
     TemplateInfo,
 )
+from sandbank.client.watch import AsyncWatchHandle, FilesystemEvent, WatchHandle
 
 __all__ = [
     "ALL_TRAFFIC",
@@ -27,10 +28,12 @@ __all__ = [
     "AsyncAdminClient",
     "AsyncCommandHandle",
     "AsyncSandbox",
+    "AsyncWatchHandle",
     "CommandExitError",
     "CommandHandle",
     "CommandResult",
     "EntryInfo",
+    "FilesystemEvent",
     "NetworkInfo",
     "ProcessInfo",
     "Sandbox",
@@ -38,4 +41,5 @@ __all__ = [
     "SandboxMetrics",
     "ServerUnreachable",
     "TemplateInfo",
+    "WatchHandle",
 ]
