@@ -11,7 +11,7 @@ from sandbank.agent.archive import FrameReader, upload_error
 from sandbank.agent.base import Names, entry, identity, make_dirs, remove_dirs, resolve
 from sandbank.agent.conn import Conn, errors, suppress
 from sandbank.agent.files import _mode, _refuse, _target, _temp_name
-from sandbank.protocol.agent import FrameError
+from sandbank.protocol.agent import FILE_CHUNK, FrameError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def write_files(conn: Conn, req: dict[str, Any]) -> None:
     current = ""
     try:
         who = identity(req.get("user"))
-        with tarfile.open(fileobj=reader, mode="r|*") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=reader, mode="r|*", bufsize=FILE_CHUNK) as tar:  # type: ignore[call-overload]
             for member in tar:
                 current = member.name
                 if not member.isreg():

@@ -21,7 +21,7 @@ from sandbank.agent.base import (
     resolve,
 )
 from sandbank.agent.conn import Conn, errors, suppress
-from sandbank.protocol.agent import CHUNK, DATA, END, FrameError
+from sandbank.protocol.agent import CHUNK, DATA, END, FILE_CHUNK, FrameError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def read(conn: Conn, req: dict[str, Any]) -> None:
         encoding = req.get("encoding")
         decoder = None if encoding is None else _text_decoder(fd, path, encoding)
         conn.ok(entry=entry(path, st))
-        while chunk := os.read(fd, CHUNK):
+        while chunk := os.read(fd, FILE_CHUNK):
             if decoder is not None:
                 decoder.decode(chunk)  # changed since the check: cut the stream
             conn.send(DATA, chunk)
@@ -157,14 +157,13 @@ def _receive(conn: Conn, fd: int) -> bool:
     """Copy D frames into ``fd`` until Z. False when the client went away first."""
     while True:
         try:
-            kind, payload = conn.recv_frame()
+            kind, view = conn.recv_view()
         except (FrameError, ConnectionError):
             return False
         if kind == END:
             return True
         if kind != DATA:
             raise errors.BadRequest(f"expected a data frame, got {kind!r}")
-        view = memoryview(payload)
         while view:
             view = view[os.write(fd, view) :]
 

@@ -292,7 +292,7 @@ _JOB_OPS = {
 
 #: Directory trees, batches, ownership, search and watches: operation -> (module, handler).
 _TREE_OPS = {
-    "tar": ("archive", "tar_dir"),
+    "tar": ("tarout", "tar_dir"),
     "untar": ("archive", "untar"),
     "write_files": ("fileops", "write_files"),
     "chmod": ("fileops", "chmod"),
