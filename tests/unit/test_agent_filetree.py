@@ -103,6 +103,16 @@ async def test_untar_refuses_escapes(
     assert not (agent.home.parent / "evil").exists()
 
 
+async def test_untar_compressed(agent: Agent, tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("z/inside.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"gzip!"))
+    entry = await agent.client.write_tar(str(tmp_path / "gz"), chunks_of([buf.getvalue()]))
+    assert (Path(entry.path) / "z" / "inside.txt").read_bytes() == b"gzip!"
+
+
 async def test_untar_through_symlink_is_refused(agent: Agent, tmp_path: Path) -> None:
     # A link inside pointing at the root, then a member written through it and up.
     body = tar_of([(member("d", tarfile.SYMTYPE, "."), b""), (member("d/x"), b"ok")])

@@ -1,9 +1,10 @@
 """Directory trees from tar streams, never held whole in memory (``tar``, the
 other way, is in ``tarout``).
 
-``untar`` unpacks a stream (``r|*``: plain or compressed)
-into a fresh hidden directory beside the target and renames it into place
-only after the ``Z`` frame, so a cut upload leaves nothing at the target path.
+``untar`` unpacks a stream (plain, gzip, bzip2 or xz) with the push parser of
+``protocol.tarstream``, file data going from the received frame straight to
+the file, into a fresh hidden directory beside the target, and renames it into
+place only after the ``Z`` frame: a cut upload leaves nothing at the target.
 
 Extraction refuses anything that could land outside the target: absolute
 names, ``..`` components, writing through a symlink that leads out, symlinks
@@ -30,53 +31,37 @@ from sandbank.agent.base import (
 )
 from sandbank.agent.conn import Conn, errors
 from sandbank.agent.files import _refuse, _temp_name
-from sandbank.protocol.agent import DATA, END, FILE_CHUNK, FrameError
+from sandbank.protocol.agent import DATA, END, FrameError
+from sandbank.protocol.tarstream import FILE_TYPES, TarParser, TarStreamError, safe_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-COPY_SIZE = 1024 * 1024
 
-
-class FrameReader:
-    """The ``D`` frames of a request as a file object for ``tarfile``; ``Z`` is EOF.
+class Upload:
+    """The ``D`` frames of a request, fed to a tar parser up to the ``Z``.
 
     A stream cut before its ``Z`` raises ``ConnectionError``: never a short archive.
     """
 
     def __init__(self, conn: Conn) -> None:
-        self._conn = conn
-        self._buf = memoryview(b"")
+        self.conn = conn
         self.ended = False
 
-    def read(self, size: int = -1) -> bytes:
-        if not self._buf and not self.ended:
-            self._next()
-        if size < 0 or size >= len(self._buf):
-            data, self._buf = bytes(self._buf), memoryview(b"")
-            return data
-        data, self._buf = bytes(self._buf[:size]), self._buf[size:]
-        return data
-
-    def _next(self) -> None:
-        while not self.ended and not self._buf:
+    def into(self, parser: TarParser) -> None:
+        while not self.ended:
             try:
-                kind, payload = self._conn.recv_frame()
+                kind, view = self.conn.recv_view()
             except FrameError as exc:
                 raise ConnectionError(f"the upload was cut: {exc}") from None
             if kind == END:
                 self.ended = True
-            elif kind == DATA:
-                self._buf = memoryview(payload)
-            else:
+            elif kind != DATA:
                 raise errors.BadRequest(f"expected a data frame, got {kind!r}")
-
-    def drain(self) -> None:
-        """Read up to ``Z`` (a tar's end blocks may come before the stream's end)."""
-        while not self.ended:
-            self._buf = memoryview(b"")
-            self._next()
+            elif not parser.ended:  # what follows the end blocks is padding
+                parser.feed(view)
+        parser.finish()
 
 
 # -- upload ------------------------------------------------------------------------
@@ -89,7 +74,8 @@ def untar(conn: Conn, req: dict[str, Any]) -> None:
     """
     created: list[str] = []
     staging: str | None = None
-    reader = FrameReader(conn)
+    upload = Upload(conn)
+    extractor: Extractor | None = None
     failure: errors.SandbankError | None = None
     try:
         who = identity(req.get("user"))
@@ -102,29 +88,32 @@ def untar(conn: Conn, req: dict[str, Any]) -> None:
         os.mkdir(staging, 0o700)
         chown(staging, who)
         os.chmod(staging, 0o755)  # unless the archive's "." entry says otherwise
-        Extractor(staging, who).run(reader)
-        reader.drain()
+        extractor = Extractor(staging, who)
+        upload.into(extractor)
+        extractor.close()
         _swap_in(staging, target, replace)
         staging = None
         created = []
         conn.ok(entry=entry(target))
     except (FrameError, ConnectionError):
         raise
-    except (errors.SandbankError, tarfile.TarError, OSError) as exc:
+    except (errors.SandbankError, TarStreamError, OSError) as exc:
         failure = upload_error(exc)
     finally:
         # Cleaned up before any answer: a client told of a failure finds nothing left.
+        if extractor is not None:
+            extractor.release()
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         remove_dirs(created)
     if failure is not None:
-        _refuse(conn, failure, reader.ended)
+        _refuse(conn, failure, upload.ended)
 
 
 def upload_error(exc: Exception) -> errors.SandbankError:
     if isinstance(exc, errors.SandbankError):
         return exc
-    if isinstance(exc, tarfile.TarError):
+    if isinstance(exc, TarStreamError):
         return errors.BadRequest(f"the upload is not a valid tar stream: {exc}")
     assert isinstance(exc, OSError)
     return os_error(exc)
@@ -159,53 +148,74 @@ def _swap_in(staging: str, target: str, replace: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-class Extractor:
+class Extractor(TarParser):
     """Unpacks a tar stream into ``root`` (a directory of its own), refusing escapes."""
 
     def __init__(self, root: str, who: Identity) -> None:
+        super().__init__()
         self.root = os.path.realpath(root)
         self.who = who
         self._dirs: list[tuple[str, int, float]] = []
+        self._fd = -1
 
-    def run(self, source: FrameReader) -> None:
-        # Read in FILE_CHUNK pieces: tarfile's default of 10 KiB costs ten times the CPU.
-        with tarfile.open(fileobj=source, mode="r|*", bufsize=FILE_CHUNK) as tar:  # type: ignore[call-overload]
-            for member in tar:
-                self._extract(tar, member)
-        # Directory modes and times last: a read-only directory must not block
-        # what goes into it, and writing into one changes its mtime.
+    def close(self) -> None:
+        """After the last member: directory modes and times, set last because a
+        read-only directory must not block what goes into it, and writing into
+        one changes its mtime."""
         for path, mode, mtime in reversed(self._dirs):
             os.chmod(path, mode)
             os.utime(path, (mtime, mtime))
 
-    def _extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        rel = member_path(member.name)
+    def member(self, info: tarfile.TarInfo) -> None:
+        rel = member_path(info.name)
         if rel is None:  # the archive's root itself: only its mode and time count
-            if member.isdir():
-                self._dirs.append((self.root, member.mode & 0o777 | 0o200, member.mtime))
+            if info.isdir():
+                self._dirs.append((self.root, info.mode & 0o777 | 0o200, info.mtime))
             return
         dest = os.path.join(self.root, rel)
-        self._parent(dest, member.name)
-        mode = member.mode & 0o777
-        if member.isdir():
+        self._parent(dest, info.name)
+        if info.isdir():
             if not os.path.isdir(dest) or os.path.islink(dest):
                 self._clear(dest)
                 os.mkdir(dest, 0o700)
                 chown(dest, self.who)
-            self._dirs.append((dest, mode | 0o200, member.mtime))
+            self._dirs.append((dest, info.mode & 0o777 | 0o200, info.mtime))
             return
         self._clear(dest)
-        if member.isreg():
-            self._file(tar, member, dest, mode)
-        elif member.issym():
-            self._symlink(member, rel, dest)
-        elif member.islnk():
-            self._hardlink(member, dest)
+        if info.type in FILE_TYPES:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._fd = os.open(dest, flags, 0o600)
+        elif info.issym():
+            self._symlink(info, rel, dest)
+        elif info.islnk():
+            self._hardlink(info, dest)
         else:
             raise errors.InvalidPath(
-                f"{member.name!r} is a device node or FIFO; archives may hold only files, "
+                f"{info.name!r} is a device node or FIFO; archives may hold only files, "
                 "directories and links"
             )
+
+    def data(self, view: memoryview) -> None:
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def release(self) -> None:
+        """Close a file left open by a failure mid-member."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def member_done(self, info: tarfile.TarInfo) -> None:
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, self.who.uid, self.who.gid)
+            os.fchmod(fd, info.mode & 0o777)
+            os.utime(fd, (info.mtime, info.mtime))
+        finally:
+            os.close(fd)
 
     def _parent(self, dest: str, name: str) -> None:
         parent = os.path.dirname(dest)
@@ -224,40 +234,23 @@ class Extractor:
             raise errors.InvalidPath(f"{os.path.relpath(dest, self.root)!r} is a directory twice")
         os.unlink(dest)  # a later member of the same name wins, as with tar itself
 
-    def _file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, mode: int) -> None:
-        source = tar.extractfile(member)
-        fd = os.open(
-            dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        try:
-            while source is not None and (chunk := source.read(COPY_SIZE)):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-            if os.geteuid() == 0:
-                os.fchown(fd, self.who.uid, self.who.gid)
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-        os.utime(dest, (member.mtime, member.mtime), follow_symlinks=False)
-
-    def _symlink(self, member: tarfile.TarInfo, rel: str, dest: str) -> None:
-        target = member.linkname
+    def _symlink(self, info: tarfile.TarInfo, rel: str, dest: str) -> None:
+        target = info.linkname
         inside = os.path.normpath(os.path.join(os.path.dirname(rel), target))
         if os.path.isabs(target) or inside == ".." or inside.startswith("../"):
             raise errors.InvalidPath(
-                f"symlink {member.name!r} -> {target!r} points outside the target"
+                f"symlink {info.name!r} -> {target!r} points outside the target"
             )
         os.symlink(target, dest)
         chown(dest, self.who)
 
-    def _hardlink(self, member: tarfile.TarInfo, dest: str) -> None:
-        rel = member_path(member.linkname)
+    def _hardlink(self, info: tarfile.TarInfo, dest: str) -> None:
+        rel = member_path(info.linkname)
         source = os.path.join(self.root, rel) if rel else self.root
         real = os.path.realpath(source)
         if rel is None or not real.startswith(self.root + "/") or not os.path.isfile(source):
             raise errors.InvalidPath(
-                f"hard link {member.name!r} -> {member.linkname!r} does not name a file "
+                f"hard link {info.name!r} -> {info.linkname!r} does not name a file "
                 "unpacked earlier in the archive"
             )
         os.link(real, dest, follow_symlinks=False)
@@ -265,9 +258,7 @@ class Extractor:
 
 def member_path(name: str) -> str | None:
     """An archive name as a safe relative path; None for the root itself."""
-    if name.startswith("/") or "\0" in name:
-        raise errors.InvalidPath(f"archive member {name!r} has an absolute path")
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise errors.InvalidPath(f"archive member {name!r} climbs out with '..'")
-    return "/".join(parts) or None
+    try:
+        return safe_name(name)
+    except ValueError as exc:
+        raise errors.InvalidPath(str(exc)) from None

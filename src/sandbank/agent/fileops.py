@@ -7,17 +7,17 @@ import re
 import stat
 import tarfile
 
-from sandbank.agent.archive import FrameReader, upload_error
-from sandbank.agent.base import Names, entry, identity, make_dirs, remove_dirs, resolve
+from sandbank.agent.archive import Upload, upload_error
+from sandbank.agent.base import Identity, Names, entry, identity, make_dirs, remove_dirs, resolve
 from sandbank.agent.conn import Conn, errors, suppress
 from sandbank.agent.files import _mode, _refuse, _target, _temp_name
-from sandbank.protocol.agent import FILE_CHUNK, FrameError
+from sandbank.protocol.agent import FrameError
+from sandbank.protocol.tarstream import FILE_TYPES, TarParser, TarStreamError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-COPY_SIZE = 1024 * 1024
 #: Most matches ``find`` returns; a request may ask for fewer.
 MAX_MATCHES = 10_000
 
@@ -33,47 +33,75 @@ def write_files(conn: Conn, req: dict[str, Any]) -> None:
     renames happen only once the whole stream arrived and every file was
     written. Any failure removes every temp file and names the file at fault.
     """
-    created: list[str] = []
-    pending: list[tuple[str, str]] = []
-    reader = FrameReader(conn)
+    upload = Upload(conn)
+    batch: _Batch | None = None
     failure: errors.SandbankError | None = None
-    current = ""
     try:
-        who = identity(req.get("user"))
-        with tarfile.open(fileobj=reader, mode="r|*", bufsize=FILE_CHUNK) as tar:  # type: ignore[call-overload]
-            for member in tar:
-                current = member.name
-                if not member.isreg():
-                    raise errors.BadRequest("only regular files can be written")
-                target, existing = _target(resolve(member.name, who))
-                created += make_dirs(os.path.dirname(target), who)
-                tmp = _temp_name(target)
-                pending.append((tmp, target))
-                _copy(tar.extractfile(member), tmp)
-                _settle(tmp, existing, _member_mode(member), who.uid, who.gid)
-        current = ""
-        reader.drain()
-        if not pending:
+        batch = _Batch(identity(req.get("user")))
+        upload.into(batch)
+        batch.current = ""
+        if not batch.pending:
             raise errors.BadRequest("the request names no files to write")
-        for tmp, target in pending:
+        for tmp, target in batch.pending:
             os.replace(tmp, target)
-        targets = [target for _, target in pending]
-        pending = []
-        created = []
+        targets = [target for _, target in batch.pending]
+        batch.pending = []
+        batch.created = []
         names = Names()
         conn.ok(entries=[entry(target, None, names) for target in targets])
     except (FrameError, ConnectionError):
         raise
-    except (errors.SandbankError, tarfile.TarError, OSError) as exc:
-        failure = _naming(upload_error(exc), current)
+    except (errors.SandbankError, TarStreamError, OSError) as exc:
+        failure = _naming(upload_error(exc), batch.current if batch else "")
     finally:
         # Cleaned up before any answer: a client told of a failure finds nothing left.
-        for tmp, _ in pending:
+        if batch is not None:
+            batch.discard()
+    if failure is not None:
+        _refuse(conn, failure, upload.ended)
+
+
+class _Batch(TarParser):
+    """Writes each member to a temp file beside its destination."""
+
+    def __init__(self, who: Identity) -> None:
+        super().__init__()
+        self.who = who
+        self.pending: list[tuple[str, str]] = []
+        self.created: list[str] = []
+        self.current = ""
+        self._fd = -1
+        self._existing: os.stat_result | None = None
+
+    def member(self, info: tarfile.TarInfo) -> None:
+        self.current = info.name
+        if info.type not in FILE_TYPES:
+            raise errors.BadRequest("only regular files can be written")
+        target, self._existing = _target(resolve(info.name, self.who))
+        self.created += make_dirs(os.path.dirname(target), self.who)
+        tmp = _temp_name(target)
+        self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self.pending.append((tmp, target))
+
+    def data(self, view: memoryview) -> None:
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def member_done(self, info: tarfile.TarInfo) -> None:
+        fd, self._fd = self._fd, -1
+        try:
+            _settle(fd, self._existing, _member_mode(info), self.who.uid, self.who.gid)
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        for tmp, _ in self.pending:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
-        remove_dirs(created)
-    if failure is not None:
-        _refuse(conn, failure, reader.ended)
+        remove_dirs(self.created)
 
 
 def _member_mode(member: tarfile.TarInfo) -> int | None:
@@ -87,27 +115,14 @@ def _member_mode(member: tarfile.TarInfo) -> int | None:
         raise errors.BadRequest(f"sandbank.mode {raw!r} is not an octal number") from None
 
 
-def _copy(source: Any, tmp: str) -> None:
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        while source is not None and (chunk := source.read(COPY_SIZE)):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def _settle(
-    tmp: str, existing: os.stat_result | None, mode: int | None, uid: int, gid: int
-) -> None:
+def _settle(fd: int, existing: os.stat_result | None, mode: int | None, uid: int, gid: int) -> None:
     """Owner and mode as ``write`` gives them: an overwrite keeps the old file's."""
     if existing is not None:
         uid, gid = existing.st_uid, existing.st_gid
         mode = stat.S_IMODE(existing.st_mode) if mode is None else mode
     if os.geteuid() == 0:
-        os.chown(tmp, uid, gid)
-    os.chmod(tmp, 0o644 if mode is None else mode)
+        os.fchown(fd, uid, gid)
+    os.fchmod(fd, 0o644 if mode is None else mode)
 
 
 def _naming(exc: errors.SandbankError, name: str) -> errors.SandbankError:

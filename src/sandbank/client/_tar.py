@@ -19,13 +19,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from sandbank import errors
+from sandbank.protocol.tarstream import FILE_TYPES, TarParser, TarStreamError, safe_name
 
 BLOCK = 512
 READ_SIZE = 1024 * 1024
-#: Largest pax or GNU long-name header accepted (they hold names, not data).
-MAX_META = 1024 * 1024
-_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
-_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 
 
 def _header(info: tarfile.TarInfo) -> bytes:
@@ -102,22 +99,11 @@ def tar_files(entries: Iterable[tuple[str, object, int, int | None]]) -> Iterato
     yield b"\0" * (2 * BLOCK)
 
 
-def _pax_records(data: bytes) -> dict[str, str]:
-    records: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
-        records[key.decode()] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return records
-
-
-class TarUnpacker:
+class TarUnpacker(TarParser):
     """Feed a tar stream in with ``feed``; ``finish`` moves it into place."""
 
     def __init__(self, target: str | os.PathLike[str], overwrite: bool = False) -> None:
+        super().__init__()
         self.target = Path(target)
         if self.target.is_symlink() or (self.target.exists() and not self.target.is_dir()):
             raise errors.FileExists(f"{self.target} exists and is not a local directory")
@@ -128,44 +114,21 @@ class TarUnpacker:
         self.staging = self.target.with_name(f".{self.target.name}.{secrets.token_hex(4)}.partial")
         self.staging.mkdir(0o700)
         self.root = os.path.realpath(self.staging)
-        self._header = bytearray()
-        self._remaining = 0
-        self._pad = 0
-        self._out: int | None = None
-        self._meta: bytearray | None = None
-        self._meta_type = b""
-        self._pax: dict[str, str] = {}
-        self._long: dict[bytes, str] = {}
-        self._current: tarfile.TarInfo | None = None
+        self._out = -1
         self._dirs: list[tuple[str, int, float]] = []
-        self.ended = False
         self.bytes = 0
 
-    def feed(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view and not self.ended:
-            if self._remaining:
-                take = view[: self._remaining]
-                self._data(take)
-                self._remaining -= len(take)
-                view = view[len(take) :]
-                if not self._remaining:
-                    self._member_done()
-            elif self._pad:
-                skip = min(self._pad, len(view))
-                self._pad -= skip
-                view = view[skip:]
-            else:
-                need = BLOCK - len(self._header)
-                self._header += view[:need]
-                view = view[need:]
-                if len(self._header) == BLOCK:
-                    block, self._header = bytes(self._header), bytearray()
-                    self._on_header(block)
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            super().feed(data)
+        except TarStreamError as exc:
+            raise errors.SandbankError(f"the server sent a malformed tar stream: {exc}") from exc
 
     def finish(self) -> None:
-        if not self.ended:
-            raise errors.SandbankError("the archive ended before its end-of-archive blocks")
+        try:
+            super().finish()
+        except TarStreamError as exc:
+            raise errors.SandbankError(f"the download was cut short: {exc}") from exc
         for path, mode, mtime in reversed(self._dirs):
             os.chmod(path, mode)
             os.utime(path, (mtime, mtime))
@@ -179,80 +142,21 @@ class TarUnpacker:
 
     def discard(self) -> None:
         """Remove what was unpacked, unless ``finish`` moved it into place."""
-        if self._out is not None:
+        if self._out >= 0:
             os.close(self._out)
-            self._out = None
+            self._out = -1
         shutil.rmtree(self.staging, ignore_errors=True)
 
     # -- members -------------------------------------------------------------------
 
-    def _on_header(self, block: bytes) -> None:
-        if block == b"\0" * BLOCK:
-            self.ended = True
-            return
+    def member(self, info: tarfile.TarInfo) -> None:
         try:
-            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as exc:
-            raise errors.SandbankError(f"the server sent a malformed tar stream: {exc}") from exc
-        if info.type in _META_TYPES:
-            if info.size > MAX_META:
-                raise errors.SandbankError("the server sent an oversized tar header")
-            self._meta, self._meta_type = bytearray(), info.type
-            self._start_data(info.size)
+            rel = safe_name(info.name)
+        except ValueError as exc:
+            raise errors.InvalidPath(f"{exc}; refused") from None
+        if rel is None:
             return
-        long_name = self._long.pop(tarfile.GNUTYPE_LONGNAME, info.name)
-        info.name = self._pax.pop("path", "") or long_name
-        long_link = self._long.pop(tarfile.GNUTYPE_LONGLINK, "")
-        link = self._pax.pop("linkpath", "") or long_link
-        info.linkname = link or info.linkname
-        if "size" in self._pax:
-            info.size = int(self._pax["size"])
-        self._pax.clear()
-        self._long.clear()
-        self._current = info
-        self._create(info)
-        self._start_data(info.size if info.type in _FILE_TYPES else 0)
-
-    def _start_data(self, size: int) -> None:
-        self._remaining = size
-        self._pad = -size % BLOCK
-        if not size:
-            self._member_done()
-
-    def _data(self, chunk: memoryview) -> None:
-        if self._meta is not None:
-            self._meta += chunk
-        elif self._out is not None:
-            self.bytes += len(chunk)
-            while chunk:
-                chunk = chunk[os.write(self._out, chunk) :]
-
-    def _member_done(self) -> None:
-        if self._meta is not None:
-            meta, self._meta = bytes(self._meta), None
-            if self._meta_type == tarfile.XHDTYPE:
-                self._pax.update(_pax_records(meta))
-            elif self._meta_type != tarfile.XGLTYPE:
-                self._long[self._meta_type] = meta.rstrip(b"\0").decode("utf-8", "surrogateescape")
-            return
-        info, self._current = self._current, None
-        if self._out is not None and info is not None:
-            os.close(self._out)
-            self._out = None
-            path = self._path(info.name)
-            os.chmod(path, info.mode & 0o777)
-            os.utime(path, (info.mtime, info.mtime))
-
-    def _path(self, name: str) -> str:
-        parts = [p for p in name.split("/") if p not in ("", ".")]
-        if name.startswith("/") or ".." in parts:
-            raise errors.InvalidPath(f"archive member {name!r} would land outside the target")
-        return os.path.join(self.root, *parts)
-
-    def _create(self, info: tarfile.TarInfo) -> None:
-        dest = self._path(info.name)
-        if dest == self.root:
-            return
+        dest = os.path.join(self.root, *rel.split("/"))
         parent = os.path.dirname(dest)
         os.makedirs(parent, exist_ok=True)
         real = os.path.realpath(parent)
@@ -262,7 +166,7 @@ class TarUnpacker:
             if os.path.isdir(dest) and not os.path.islink(dest):
                 raise errors.InvalidPath(f"{info.name!r} is a directory twice in the archive")
             os.unlink(dest)
-        if info.type in _FILE_TYPES:
+        if info.type in FILE_TYPES:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             self._out = os.open(dest, flags, 0o600)
         elif info.isdir():
@@ -275,9 +179,28 @@ class TarUnpacker:
                 raise errors.InvalidPath(f"symlink {info.name!r} points outside the target")
             os.symlink(info.linkname, dest)
         elif info.islnk():
-            source = os.path.realpath(self._path(info.linkname))
+            try:
+                source_rel = safe_name(info.linkname) or ""
+            except ValueError:
+                source_rel = "../"
+            source = os.path.realpath(os.path.join(self.root, source_rel))
             if not source.startswith(self.root + os.sep) or not os.path.isfile(source):
                 raise errors.InvalidPath(f"hard link {info.name!r} points outside the target")
             os.link(source, dest)
         else:
             raise errors.InvalidPath(f"{info.name!r} is a device node or FIFO; refused")
+
+    def data(self, view: memoryview) -> None:
+        self.bytes += len(view)
+        while view:
+            view = view[os.write(self._out, view) :]
+
+    def member_done(self, info: tarfile.TarInfo) -> None:
+        if self._out < 0:
+            return
+        fd, self._out = self._out, -1
+        try:
+            os.fchmod(fd, info.mode & 0o777)
+            os.utime(fd, (info.mtime, info.mtime))
+        finally:
+            os.close(fd)
