@@ -33,8 +33,9 @@ def url(box: dict[str, Any], suffix: str = "") -> str:
     return f"/v1/sandboxes/{box['id']}/files{suffix}"
 
 
-def sh(api: httpx.Client, box: dict[str, Any], command: str) -> str:
-    resp = api.post(f"/v1/sandboxes/{box['id']}/exec", json={"command": command})
+def sh(api: httpx.Client, box: dict[str, Any], command: str, user: str = "user") -> str:
+    body = {"command": command, "user": user}
+    resp = api.post(f"/v1/sandboxes/{box['id']}/exec", json=body)
     assert resp.status_code == 200, resp.text
     out: str = resp.json()["stdout"]
     return out
@@ -232,6 +233,7 @@ def test_watch_streams_events(
     watcher = threading.Thread(target=follow)
     watcher.start()
     assert started.wait(10)
+    assert _inotify_fds(api, box) == 1
     api.put(url(box), params={"path": "w/new.txt"}, content=b"x")
     api.post(url(box, "/chmod"), json={"path": "w/new.txt", "mode": 0o600})
     script = (
@@ -261,8 +263,13 @@ def test_watch_streams_events(
         assert want in seen, (want, seen)
     # The watch ended with the client: the agent holds no inotify instance any more.
     time.sleep(0.5)
-    count = "ls -l /proc/1/fd 2>/dev/null | grep -c anon_inode:inotify || true"
-    assert sh(api, box, count).strip() == "0"
+    assert _inotify_fds(api, box) == 0
+
+
+def _inotify_fds(api: httpx.Client, box: dict[str, Any]) -> int:
+    """inotify instances the agent (PID 1 of the sandbox) holds open."""
+    count = "ls -l /proc/1/fd | grep -c anon_inode:inotify || true"
+    return int(sh(api, box, count, user="root"))
 
 
 def test_watch_ends_when_the_directory_goes(

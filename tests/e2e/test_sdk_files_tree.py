@@ -129,6 +129,12 @@ def test_write_files_chmod_chown_find_text(sandbox: Sandbox) -> None:
         sandbox.files.read("bad.txt", encoding="utf-8")
 
 
+def inotify_fds(sandbox: Sandbox) -> int:
+    """inotify instances the agent (PID 1 of the sandbox) holds open."""
+    command = "ls -l /proc/1/fd | grep -c anon_inode:inotify || true"
+    return int(sandbox.commands.run(command, user="root").stdout)
+
+
 def test_sync_watch_polls_and_stops(sandbox: Sandbox) -> None:
     sandbox.files.make_dir("w-sync")
     handle = sandbox.files.watch_dir("w-sync")
@@ -141,9 +147,14 @@ def test_sync_watch_polls_and_stops(sandbox: Sandbox) -> None:
         events += handle.get_new_events()
         time.sleep(0.05)
     assert ("create", "one.txt") in {(e.type, e.name) for e in events}
+    assert inotify_fds(sandbox) == 1
     started = time.monotonic()
     handle.stop()
     assert time.monotonic() - started < 2
+    deadline = time.monotonic() + 3
+    while inotify_fds(sandbox) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert inotify_fds(sandbox) == 0  # the sandbox dropped the watch
     with pytest.raises(FileNotFound):
         sandbox.files.watch_dir("no-such-dir")
 
@@ -169,6 +180,7 @@ async def test_async_watch_with_callback(async_sandbox: AsyncSandbox) -> None:
     assert ("create", "sub/deep", True) in {(e.type, e.name, e.is_dir) for e in got}
     await handle.stop()
     assert exits == []  # stop() is not an exit of the watch itself
+    assert handle.get_new_events() == []  # with a callback nothing queues
     # A watch whose directory goes away ends by itself.
     ended = asyncio.Event()
     handle = await async_sandbox.files.watch_dir(
@@ -228,7 +240,9 @@ def test_cli_cp_recursive_and_watch(
         text=True,
     ) as proc:
         try:
-            time.sleep(1.5)
+            deadline = time.monotonic() + 30  # the CLI's start-up, on a busy machine
+            while not inotify_fds(sandbox) and time.monotonic() < deadline:
+                time.sleep(0.1)
             sandbox.files.write("/tmp/cli-watch/seen.txt", "x")
             time.sleep(0.3)
             sandbox.files.remove("/tmp/cli-watch", recursive=True)  # ends the watch
