@@ -97,6 +97,7 @@ def write(conn: Conn, req: dict[str, Any]) -> None:
     tmp: str | None = None
     fd = -1
     received = False
+    failure: errors.SandbankError | None = None
     try:
         who = identity(req.get("user"))
         path = resolve(req.get("path"), who)
@@ -123,18 +124,19 @@ def write(conn: Conn, req: dict[str, Any]) -> None:
         tmp = None
         created = []
         conn.ok(entry=entry(target))
-    except errors.SandbankError as exc:
-        _refuse(conn, exc, received)
     except (FrameError, ConnectionError):
         raise
-    except OSError as exc:
-        _refuse(conn, os_error(exc), received)
+    except (errors.SandbankError, OSError) as exc:
+        failure = exc if isinstance(exc, errors.SandbankError) else os_error(exc)
     finally:
+        # Cleaned up before any answer: a client told of a failure finds nothing left.
         if fd >= 0:
             os.close(fd)
         if tmp is not None:
             _unlink(tmp)
         remove_dirs(created)
+    if failure is not None:
+        _refuse(conn, failure, received)
 
 
 def _target(path: str) -> tuple[str, os.stat_result | None]:
