@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import shutil
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -198,6 +199,8 @@ async def test_text_reads(agent: Agent) -> None:
 
 async def test_watch(agent: Agent, tmp_path: Path) -> None:
     (tmp_path / "old").mkdir()
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    (outside / "inner").mkdir(parents=True)
     events: list[WatchEvent] = []
     stream = agent.client.watch(str(tmp_path), recursive=True)
 
@@ -215,6 +218,12 @@ async def test_watch(agent: Agent, tmp_path: Path) -> None:
     (tmp_path / "new" / "deeper" / "n.txt").write_text("y")
     (tmp_path / "old" / "o.txt").write_text("z")
     os.unlink(tmp_path / "g.txt")
+    os.rename(outside, tmp_path / "moved-in")  # a tree moved in is watched too
+    await asyncio.sleep(0.2)
+    (tmp_path / "moved-in" / "inner" / "m.txt").write_text("m")
+    os.rename(tmp_path / "old", outside)  # a tree moved out is not
+    await asyncio.sleep(0.2)
+    (outside / "after.txt").write_text("gone")
     await asyncio.sleep(0.3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -230,9 +239,15 @@ async def test_watch(agent: Agent, tmp_path: Path) -> None:
         ("create", "new/deeper/n.txt"),
         ("create", "old/o.txt"),
         ("remove", "g.txt"),
+        ("create", "moved-in"),
+        ("create", "moved-in/inner/m.txt"),
+        ("rename", "old"),
     ]:
         assert want in seen, (want, seen)
+    assert not [name for _, name in seen if name and "after" in name]
+    assert events[0].kind == "start" and events[0].name == str(tmp_path)
     with pytest.raises(FileNotFound):
         await anext(agent.client.watch(str(tmp_path / "missing")))
     with pytest.raises(NotADirectory):
-        await anext(agent.client.watch(str(tmp_path / "old" / "o.txt")))
+        await anext(agent.client.watch(str(outside / "o.txt")))
+    shutil.rmtree(outside)
