@@ -94,9 +94,9 @@ async def run(
     try:
         proc = await asyncio.create_subprocess_exec(
             *args,
-            stdin=pipe
-            if stdin is not None
-            else (asyncio.subprocess.DEVNULL if stdin_fd is None else stdin_fd),
+            stdin=pipe if stdin is not None else (
+                asyncio.subprocess.DEVNULL if stdin_fd is None else stdin_fd
+            ),
             stdout=output if output is not None else pipe,
             stderr=output if output is not None else (merged if on_line else pipe),
             env=dict(BASE_ENV if env is None else env),

@@ -378,7 +378,9 @@ def favors_dynmods(mounts: str | None = None) -> bool:
     and from Linux 6.18 on it cannot be turned off again until a reboot.
     """
     table = mount_table.table() if mounts is None else mount_table.parse(mounts)
-    return any(m.fstype in ("cgroup", "cgroup2") and "favordynmods" in m.options for m in table)
+    return any(
+        m.fstype in ("cgroup", "cgroup2") and "favordynmods" in m.options for m in table
+    )
 
 
 SERVER_LEAF = "sandbank-server"

@@ -104,7 +104,9 @@ class LinuxRuntime:
         self.cgroup_parent = "/"
         self._oci: OciCli | None = None
         # Weak: a lock lives while someone holds or awaits it, not once per id forever.
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._channels: dict[str, AgentClient] = {}
         self._usage = UsageReader()
         self.network = network.SandboxNetworks(str(self.data_dir), network_cidr, list(network_dns))

@@ -1,13 +1,13 @@
 """Where a sandbox's pieces live on the host, and the record a later server reads.
 
-<data_dir>/sandboxes/<id>/
-    config.json    OCI bundle config
-    runtime.json   what teardown needs even if this server is gone (cgroup path, ...)
-    disk.img       sparse ext4: the sandbox's writable layer and disk limit
-    disk/          its mount point (upper/ and work/ of the overlay)
-    rootfs/        the merged overlay: the sandbox's /
-    run/           bind-mounted at /run/sandbank: the agent's socket
-    agent.log      the agent's stdout/stderr (and the OCI runtime's errors)
+    <data_dir>/sandboxes/<id>/
+        config.json    OCI bundle config
+        runtime.json   what teardown needs even if this server is gone (cgroup path, ...)
+        disk.img       sparse ext4: the sandbox's writable layer and disk limit
+        disk/          its mount point (upper/ and work/ of the overlay)
+        rootfs/        the merged overlay: the sandbox's /
+        run/           bind-mounted at /run/sandbank: the agent's socket
+        agent.log      the agent's stdout/stderr (and the OCI runtime's errors)
 """
 
 from __future__ import annotations

@@ -75,3 +75,4 @@ def profile(machine: str | None = None) -> dict[str, Any]:
             _deny_newuser("unshare", 0),
         ],
     }
+
