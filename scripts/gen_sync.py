@@ -40,6 +40,7 @@ REPLACEMENTS = {
     "AsyncSnapshots": "Snapshots",
     "AsyncApiConnection": "ApiConnection",
     "AsyncClient": "Client",
+    "AsyncWatchHandle": "WatchHandle",
     "AsyncBaseTransport": "BaseTransport",
     "aclose": "close",
     "aread": "read",

@@ -29,6 +29,7 @@ from sandbank.errors import (
     KeyNotFound,
     NotADirectory,
     NotFound,
+    NotText,
     PayloadTooLarge,
     PermissionDenied,
     ProcessNotFound,
@@ -42,6 +43,7 @@ from sandbank.errors import (
     TemplateNotFound,
     Timeout,
     Unauthorized,
+    Unsupported,
     ValidationFailed,
 )
 
@@ -137,6 +139,7 @@ __all__ = [
     "KeyNotFound",
     "NotADirectory",
     "NotFound",
+    "NotText",
     "PayloadTooLarge",
     "PermissionDenied",
     "ProcessInfo",
@@ -162,6 +165,7 @@ __all__ = [
     "TemplateNotFound",
     "Timeout",
     "Unauthorized",
+    "Unsupported",
     "ValidationFailed",
     "__version__",
 ]

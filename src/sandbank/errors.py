@@ -84,6 +84,12 @@ class NotADirectory(BadRequest):
     code = "not_a_directory"
 
 
+class NotText(BadRequest):
+    """A text read of data that does not decode in the asked-for encoding."""
+
+    code = "not_text"
+
+
 class Unauthorized(SandbankError):
     code = "unauthorized"
     status = 401
@@ -168,6 +174,13 @@ class PortUnreachable(BadGateway):
     """Nothing answers on a sandbox port a preview URL points at."""
 
     code = "port_unreachable"
+
+
+class Unsupported(SandbankError):
+    """The sandbox's runtime does not offer the operation."""
+
+    code = "unsupported"
+    status = 501
 
 
 class SandboxUnavailable(SandbankError):

@@ -291,6 +291,18 @@ _JOB_OPS = {
 }
 
 
+#: Directory trees, batches, ownership, search and watches: operation -> (module, handler).
+_TREE_OPS = {
+    "tar": ("tarout", "tar_dir"),
+    "untar": ("archive", "untar"),
+    "write_files": ("fileops", "write_files"),
+    "chmod": ("fileops", "chmod"),
+    "chown": ("fileops", "chown"),
+    "find": ("fileops", "find"),
+    "watch": ("watch", "watch"),
+}
+
+
 def _dispatch(conn: Conn, req: dict[str, Any]) -> None:
     op = req.get("op")
     if op == "ping":
@@ -311,6 +323,12 @@ def _dispatch(conn: Conn, req: dict[str, Any]) -> None:
         from sandbank.agent import system
 
         system.hostname(conn, req)
+        return
+    if isinstance(op, str) and op in _TREE_OPS:
+        import importlib  # loaded with the first such operation
+
+        module, name = _TREE_OPS[op]
+        getattr(importlib.import_module(f"sandbank.agent.{module}"), name)(conn, req)
         return
     from sandbank.agent import files
 

@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from sandbank import errors
 from sandbank.client import Sandbox
 
-from . import _lifecycle, _processes, _render, _shell
+from . import _files, _lifecycle, _processes, _render, _shell
 from ._options import ServerOptions, parse_pairs
 from ._transfer import copy
 
@@ -229,6 +229,7 @@ def timeout_given(ctx: typer.Context) -> bool:
 _processes.register(app)
 _shell.register(app)
 _lifecycle.register(app)
+_files.register(app)
 
 
 @app.command()
@@ -236,9 +237,12 @@ def cp(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(metavar="SRC")],
     destination: Annotated[str, typer.Argument(metavar="DST")],
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Copy directories (as a tar stream).")
+    ] = False,
 ) -> None:
     """Copy a file to or from a sandbox: ID:/path for the sandbox side, - for stdio."""
-    copy(_options(ctx), source, destination)
+    copy(_options(ctx), source, destination, recursive)
 
 
 @app.command()

@@ -24,6 +24,7 @@ from sandbank.client.models import (
     TemplateInfo,
 )
 from sandbank.client.pty_types import PtyInfo, PtyResult, PtySize
+from sandbank.client.watch import AsyncWatchHandle, FilesystemEvent, WatchHandle
 
 __all__ = [
     "ALL_TRAFFIC",
@@ -34,10 +35,12 @@ __all__ = [
     "AsyncPtyHandle",
     "AsyncSandbox",
     "AsyncSnapshots",
+    "AsyncWatchHandle",
     "CommandExitError",
     "CommandHandle",
     "CommandResult",
     "EntryInfo",
+    "FilesystemEvent",
     "NetworkInfo",
     "ProcessInfo",
     "PtyHandle",
@@ -51,4 +54,5 @@ __all__ = [
     "SnapshotInfo",
     "Snapshots",
     "TemplateInfo",
+    "WatchHandle",
 ]

@@ -28,6 +28,21 @@ Operations:
 ``remove`` {path, recursive} -> ok
 ``hostname`` {name} -> ok (/etc/hostname and the ``127.0.1.1`` line of /etc/hosts)
 
+File trees, batches, ownership, search and watches (docs/files.md):
+
+``read``   {path, encoding} -> as above; with ``encoding`` the whole file must decode first
+           (``not_text`` otherwise, before the ok)
+``tar``    {path, user} -> ok+entry, D*, Z (a tar of the directory, names relative to it)
+``untar``  {path, user, overwrite} + D*, Z -> ok+entry (unpacked beside the target, renamed
+           into place after Z; escapes are ``invalid_path``)
+``write_files`` {user} + D*, Z (a tar of regular files named by their destination paths)
+           -> ok+entries (all or nothing)
+``chmod``  {path, mode, user} -> ok+entry
+``chown``  {path, owner, group, recursive, user} -> ok+entry
+``find``   {path, pattern, limit, user} -> ok+entries (more than limit: ``payload_too_large``)
+``watch``  {path, recursive, user} -> ok+path, then J{event: fs, type, name, is_dir} |
+           J{event: keepalive} | J{event: overflow} | J{event: end, reason} until hang-up
+
 Background processes (they outlive every connection, the server's included,
 unless started with ``foreground``):
 
@@ -72,6 +87,17 @@ Details every implementation keeps:
 * ``list``: ``depth`` >= 1; depth first, sorted by name, never descending into
   symlinks; more than 50,000 entries is ``payload_too_large``.
 * ``mkdir`` creates parents; ``created`` is false if the directory was there.
+* ``untar`` and ``write_files`` answer like ``write``: a refusal may come before
+  the ``Z`` (the rest is discarded), and everything they created is removed
+  before any answer, so a client told of a failure finds nothing left behind.
+  ``untar`` refuses absolute names, ``..``, writes through links leading out,
+  symlinks and hard links pointing outside, device nodes and FIFOs, and drops
+  set-id bits. ``write_files`` takes a ``sandbank.mode`` pax field per file.
+* ``watch`` types are ``create`` (also the far side of a rename), ``write``,
+  ``remove``, ``rename`` (the near side) and ``chmod``; one kernel event may
+  give several. ``recursive`` also watches directories created later. A
+  keepalive goes out after 15 s of silence; the watch ends when the client
+  hangs up or the watched directory goes (``end``).
 * ``remove`` refuses ``/``; a non-empty directory needs ``recursive``
   (``conflict`` otherwise).
 * ``start`` takes what ``exec`` takes and answers at once. ``timeout`` 0 or
@@ -148,6 +174,8 @@ HEADER = struct.Struct(">cI")
 #: Largest frame either side accepts; data is chunked well below this.
 MAX_FRAME = 16 * 1024 * 1024
 CHUNK = 256 * 1024
+#: File data goes in larger frames: fewer frames, system calls and copies per byte.
+FILE_CHUNK = 1024 * 1024
 
 #: Inside the sandbox: where the agent listens and where its code is mounted.
 SOCKET_DIR = "/run/sandbank"

@@ -17,6 +17,7 @@ from sandbank.server.api import (
     errors,
     exec_ws,
     files,
+    files_tree,
     lifecycle,
     preview,
     processes,
@@ -158,7 +159,16 @@ def create_app(
     app.add_middleware(preview.PreviewHosts)
     errors.install(app)
     for module in (
-        system, sandboxes, lifecycle, snapshots, processes, exec_ws, files, admin, preview
+        system,
+        sandboxes,
+        lifecycle,
+        snapshots,
+        processes,
+        exec_ws,
+        files,
+        files_tree,
+        admin,
+        preview,
     ):
         app.include_router(module.router)
     app.include_router(terminals.router)

@@ -73,6 +73,7 @@ class AsyncApiConnection:
         json: Any = None,
         content: bytes | AsyncIterable[bytes] | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         try:
             response = await self._client.request(
@@ -82,6 +83,7 @@ class AsyncApiConnection:
                 json=json,
                 content=content,
                 timeout=_timeout(timeout),
+                headers=headers,
             )
         except httpx.TransportError as exc:
             raise self._transport_error(exc, timeout) from exc
@@ -100,9 +102,16 @@ class AsyncApiConnection:
         json: Any = None,
         content: bytes | AsyncIterable[bytes] | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         response = await self.request(
-            method, path, params=params, json=json, content=content, timeout=timeout
+            method,
+            path,
+            params=params,
+            json=json,
+            content=content,
+            timeout=timeout,
+            headers=headers,
         )
         try:
             return response.json()

@@ -75,6 +75,7 @@ class ApiConnection:
         json: Any = None,
         content: bytes | Iterable[bytes] | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         try:
             response = self._client.request(
@@ -84,6 +85,7 @@ class ApiConnection:
                 json=json,
                 content=content,
                 timeout=_timeout(timeout),
+                headers=headers,
             )
         except httpx.TransportError as exc:
             raise self._transport_error(exc, timeout) from exc
@@ -102,9 +104,16 @@ class ApiConnection:
         json: Any = None,
         content: bytes | Iterable[bytes] | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         response = self.request(
-            method, path, params=params, json=json, content=content, timeout=timeout
+            method,
+            path,
+            params=params,
+            json=json,
+            content=content,
+            timeout=timeout,
+            headers=headers,
         )
         try:
             return response.json()

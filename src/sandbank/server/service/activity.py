@@ -21,6 +21,7 @@ from sandbank.runtime.base import (
     OutputEvent,
     SandboxChannel,
 )
+from sandbank.runtime.filetree import FileTreeChannel, WatchEvent
 from sandbank.server.service.idle import IdleTracker
 
 T = TypeVar("T")
@@ -98,3 +99,63 @@ class ActiveChannel:
 
     async def resize(self, pid: int, cols: int, rows: int) -> None:
         await self._call(self._inner.resize(pid, cols, rows))
+
+
+class ActiveTreeChannel(ActiveChannel):
+    """``ActiveChannel`` for a runtime whose channels also move whole trees.
+    A watch counts once, when it starts: an open watch alone does not keep a
+    sandbox from going idle."""
+
+    def __init__(self, inner: FileTreeChannel, tracker: IdleTracker, sandbox_id: str) -> None:
+        super().__init__(inner, tracker, sandbox_id)  # type: ignore[arg-type]
+        self._tree = inner
+
+    def read_text(self, path: str, encoding: str) -> AsyncIterator[bytes]:
+        return self._stream(self._tree.read_text(path, encoding))
+
+    def read_tar(self, path: str) -> AsyncIterator[bytes]:
+        return self._stream(self._tree.read_tar(path))
+
+    async def write_tar(
+        self,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        user: str = "user",
+        overwrite: bool = False,
+    ) -> FileEntry:
+        return await self._call(
+            self._tree.write_tar(path, self._stream(chunks), user=user, overwrite=overwrite)
+        )
+
+    async def write_files(
+        self, chunks: AsyncIterator[bytes], *, user: str = "user"
+    ) -> list[FileEntry]:
+        return await self._call(self._tree.write_files(self._stream(chunks), user=user))
+
+    async def chmod(self, path: str, mode: int, *, user: str = "user") -> FileEntry:
+        return await self._call(self._tree.chmod(path, mode, user=user))
+
+    async def chown(
+        self,
+        path: str,
+        owner: str | int | None,
+        group: str | int | None,
+        *,
+        recursive: bool = False,
+        user: str = "user",
+    ) -> FileEntry:
+        return await self._call(
+            self._tree.chown(path, owner, group, recursive=recursive, user=user)
+        )
+
+    async def find(
+        self, path: str, pattern: str, *, limit: int, user: str = "user"
+    ) -> list[FileEntry]:
+        return await self._call(self._tree.find(path, pattern, limit=limit, user=user))
+
+    def watch(
+        self, path: str, *, recursive: bool = False, user: str = "user"
+    ) -> AsyncIterator[WatchEvent]:
+        self._tracker.touch(self._id)
+        return self._tree.watch(path, recursive=recursive, user=user)

@@ -30,7 +30,8 @@ from sandbank.runtime.base import (
     SandboxUsage,
     TemplateInfo,
 )
-from sandbank.server.service.activity import ActiveChannel
+from sandbank.runtime.filetree import FileTreeChannel
+from sandbank.server.service.activity import ActiveChannel, ActiveTreeChannel
 from sandbank.server.service.idle import IdleTracker, check_policy
 from sandbank.server.service.lifecycle import (
     ACTIVE,
@@ -132,7 +133,10 @@ class SandboxService:
         return record
 
     def _channel(self, sandbox_id: str) -> SandboxChannel:
-        return ActiveChannel(self._runtime.channel(sandbox_id), self.idle, sandbox_id)
+        inner = self._runtime.channel(sandbox_id)
+        if isinstance(inner, FileTreeChannel):
+            return ActiveTreeChannel(inner, self.idle, sandbox_id)
+        return ActiveChannel(inner, self.idle, sandbox_id)
 
     async def _running(
         self, tenant: str, sandbox_id: str, operation: str, *, resume: bool = True
