@@ -13,7 +13,7 @@ import posixpath
 import shlex
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sandbank.errors import (
@@ -23,7 +23,6 @@ from sandbank.errors import (
     NotFound,
     RuntimeFailure,
     SandboxUnavailable,
-    TemplateNotFound,
     Timeout,
 )
 from sandbank.protocol.network import NetworkPolicy
@@ -36,8 +35,8 @@ from sandbank.runtime.base import (
     OutputEvent,
     SandboxSpec,
     SandboxUsage,
-    TemplateInfo,
 )
+from sandbank.runtime.fake_templates import FakeTemplates
 
 
 @dataclass
@@ -270,10 +269,11 @@ class FakeChannel:
         job.end(128 + number, number)
 
 
-class FakeRuntime:
+class FakeRuntime(FakeTemplates):
     name = "fake"
 
     def __init__(self, templates: tuple[str, ...] = ("base",)) -> None:
+        super().__init__()
         self.boxes: dict[str, FakeSandbox] = {}
         self.template_names = templates
         #: Set to make the next create fail, to test the service's cleanup.
@@ -286,23 +286,12 @@ class FakeRuntime:
     async def close(self) -> None:
         return None
 
-    async def ensure_template(
-        self, name: str, on_progress: Callable[[str], None] | None = None
-    ) -> TemplateInfo:
-        if name not in self.template_names:
-            raise TemplateNotFound(
-                f"template {name!r} does not exist; available: {', '.join(self.template_names)}"
-            )
-        return TemplateInfo(name=name, ready=True)
-
-    async def templates(self) -> list[TemplateInfo]:
-        return [TemplateInfo(name=n, ready=True) for n in self.template_names]
-
     async def create(self, spec: SandboxSpec) -> None:
         if self.fail_next_create:
             message, self.fail_next_create = self.fail_next_create, None
             raise RuntimeFailure(message)
         self.boxes[spec.id] = FakeSandbox(spec)
+        self.in_use[spec.template] = self.in_use.get(spec.template, 0) + 1
 
     async def customize(self, spec: SandboxSpec) -> None:
         box = self.boxes.get(spec.id)
@@ -317,8 +306,9 @@ class FakeRuntime:
         box.spec = dataclasses.replace(box.spec, network=policy)
 
     async def destroy(self, sandbox_id: str) -> None:
-        if self.boxes.pop(sandbox_id, None) is not None:
+        if (box := self.boxes.pop(sandbox_id, None)) is not None:
             self.destroyed.append(sandbox_id)
+            self.in_use[box.spec.template] -= 1
 
     async def pause(self, sandbox_id: str) -> None:
         box = self.boxes.get(sandbox_id)

@@ -12,7 +12,16 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from sandbank.runtime.base import Runtime
-from sandbank.server.api import admin, errors, files, preview, processes, sandboxes, system
+from sandbank.server.api import (
+    admin,
+    errors,
+    files,
+    preview,
+    processes,
+    sandboxes,
+    system,
+    templates,
+)
 from sandbank.server.api.deps import Services
 from sandbank.server.service.deadlines import DeadlineSweeper
 from sandbank.server.service.keys import DEFAULT_TENANT, KeyService
@@ -21,6 +30,8 @@ from sandbank.server.service.pool import PoolConfig
 from sandbank.server.service.preview import PreviewGate
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
+from sandbank.server.service.template_build import BuildDefaults
+from sandbank.server.service.templates import TemplateService
 from sandbank.server.settings import Settings
 from sandbank.server.store.base import Store
 from sandbank.server.store.sql import SqlStore
@@ -133,9 +144,17 @@ def create_app(
         telemetry=telemetry,
         base_url=settings.base_url,
         preview=PreviewGate(store, runtime, Path(settings.data_dir) / PREVIEW_KEY_FILE),
+        templates=TemplateService(
+            runtime,
+            BuildDefaults(
+                apt_sources=tuple(settings.template_build_apt_sources),
+                pip_index=settings.template_build_pip_index,
+                disk_gb=settings.template_build_disk_gb,
+            ),
+        ),
     )
     app.add_middleware(preview.PreviewHosts)
     errors.install(app)
-    for module in (system, sandboxes, processes, files, admin, preview):
+    for module in (system, sandboxes, processes, files, admin, preview, templates):
         app.include_router(module.router)
     return app

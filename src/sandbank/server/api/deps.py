@@ -13,6 +13,7 @@ from sandbank.server.service.keys import KeyService, Principal
 from sandbank.server.service.preview import PreviewGate
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
+from sandbank.server.service.templates import TemplateService
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Services:
     base_url: str
     #: Preview URLs (ports of sandboxes through the server); None: not offered.
     preview: PreviewGate | None = None
+    templates: TemplateService | None = None
 
 
 def services(request: Request) -> Services:

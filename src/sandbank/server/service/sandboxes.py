@@ -30,6 +30,7 @@ from sandbank.runtime.base import (
     SandboxUsage,
     TemplateInfo,
 )
+from sandbank.server.service import template_boot
 from sandbank.server.service.lifecycle import (
     ACTIVE,
     PUBLIC,
@@ -132,14 +133,15 @@ class SandboxService:
 
     async def create(self, tenant: str, params: CreateParams) -> SandboxRecord:
         want = resolve(self._limits, params)
+        want, template = await template_boot.apply(self._runtime, want)
         await self._runtime.ensure_template(want.template)
-        if not self.pool.serves(want.template, want.disk_gb):
+        if template_boot.needs_boot(template) or not self.pool.serves(want.template, want.disk_gb):
             self._telemetry.missed(want.template, "not_pooled")
         else:
             handed = await self._hand_out(tenant, want)
             if handed is not None:
                 return handed
-        return await self._create_cold(tenant, want)
+        return await self._create_cold(tenant, want, template)
 
     async def _check_quota(self, tenant: str, want: Resolved) -> None:
         override, usage = await self._store.quota_and_usage(tenant, ACTIVE)
@@ -224,7 +226,9 @@ class SandboxService:
             raise failure
         return None
 
-    async def _create_cold(self, tenant: str, want: Resolved) -> SandboxRecord:
+    async def _create_cold(
+        self, tenant: str, want: Resolved, template: TemplateInfo | None = None
+    ) -> SandboxRecord:
         now = self._clock()
         sandbox_id = new_sandbox_id()
         record = SandboxRecord(
@@ -253,6 +257,8 @@ class SandboxService:
             try:
                 async with self._create_slots:
                     await self._runtime.create(self._spec(sandbox_id, want))
+                if template is not None and template_boot.needs_boot(template):
+                    await template_boot.boot(self._runtime.channel(sandbox_id), template, want.env)
             except BaseException as exc:
                 await self._fail(sandbox_id, exc)
                 raise

@@ -1,0 +1,173 @@
+"""Templates: listing, building from a spec, importing images, aliases, deletion.
+
+A build checks everything it can before it starts (name, base, spec), so that
+those errors are plain 4xx answers; then ``run_build`` does the work, telling
+the caller what happens through ``emit`` (the API streams it as NDJSON). A
+build whose content hash (spec + base + build settings) matches the template
+already there is a cache hit: no sandbox is started.
+
+The build sandbox is a real sandbox of the base with the default network
+policy, known only to the runtime (no store record, no tenant quota): a
+server restart finds it without a record and removes it, like any leftover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sandbank.protocol.templates import ReadySpec, StartSpec, TemplateSpec
+from sandbank.runtime.base import Runtime, SandboxSpec, TemplateInfo
+from sandbank.runtime.templates.catalog import check_alias, check_name
+from sandbank.server.service.template_build import (
+    BuildDefaults,
+    Emit,
+    plan_steps,
+    run_steps,
+    spec_digest,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    name: str
+    spec: TemplateSpec
+    base: TemplateInfo
+    digest: str
+    aliases: tuple[str, ...]
+    #: The template ``name`` already is this build's result.
+    cached: TemplateInfo | None
+
+
+def _config(name: str, spec: TemplateSpec, base: TemplateInfo, digest: str) -> TemplateInfo:
+    start = StartSpec(cmd=spec.start) if isinstance(spec.start, str) else spec.start
+    ready = ReadySpec(cmd=spec.ready) if isinstance(spec.ready, str) else spec.ready
+    return TemplateInfo(
+        name=name,
+        ready=True,
+        recipe_hash=digest,
+        kind="built",
+        base=base.name,
+        # The base's variables (an image's PATH, say) carry on under the spec's own.
+        env={**base.env, **spec.env},
+        start_cmd=start.cmd if start else None,
+        ready_cmd=ready.cmd if ready else None,
+        ready_timeout=ready.timeout if ready else 60.0,
+        workdir=spec.workdir or base.workdir,
+        user=start.user if start else base.user,
+    )
+
+
+class TemplateService:
+    def __init__(
+        self,
+        runtime: Runtime,
+        defaults: BuildDefaults | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._runtime = runtime
+        self.defaults = defaults or BuildDefaults()
+        self._clock = clock
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: One build at a time: each takes a sandbox with the host's CPUs.
+        self._slots = asyncio.Semaphore(1)
+
+    async def list(self) -> list[TemplateInfo]:
+        return await self._runtime.templates()
+
+    async def get(self, name: str) -> TemplateInfo:
+        return await self._runtime.template(name)
+
+    async def delete(self, name: str) -> None:
+        await self._runtime.delete_template(name)
+
+    async def alias(self, name: str, alias: str) -> TemplateInfo:
+        check_alias(alias)
+        return await self._runtime.alias_template(name, alias)
+
+    async def import_image(
+        self, name: str, path: str, aliases: tuple[str, ...] = ()
+    ) -> TemplateInfo:
+        check_name(name)
+        for alias in aliases:
+            check_alias(alias)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            info = await self._runtime.import_template(name, path)
+        for alias in aliases:
+            info = await self._runtime.alias_template(name, alias)
+        return info
+
+    # -- building ------------------------------------------------------------------
+
+    async def prepare_build(
+        self, name: str, spec: TemplateSpec, aliases: tuple[str, ...] = ()
+    ) -> BuildPlan:
+        check_name(name)
+        for alias in aliases:
+            check_alias(alias)
+        base = await self._runtime.template(spec.base)
+        base = await self._runtime.ensure_template(base.name)
+        base = await self._runtime.template(base.name)
+        digest = spec_digest(spec, base, self.defaults)
+        existing = {t.name: t for t in await self._runtime.templates()}.get(name)
+        cached = existing if existing is not None and existing.recipe_hash == digest else None
+        return BuildPlan(name, spec, base, digest, aliases, cached)
+
+    async def run_build(self, plan: BuildPlan, emit: Emit) -> tuple[TemplateInfo, bool]:
+        """Build ``plan`` unless cached (then True); emits ``step`` and ``log`` events.
+        A failure raises (TemplateBuildFailed for a failed step), leaving no template."""
+        started = self._clock()
+        async with self._locks.setdefault(plan.name, asyncio.Lock()):
+            info = plan.cached or await self._find_cached(plan)
+            cached = info is not None
+            if info is None:
+                async with self._slots:
+                    info = await self._build(plan, emit)
+        for alias in plan.aliases:
+            info = await self._runtime.alias_template(plan.name, alias)
+        log.info("template %s ready in %.1f s", plan.name, self._clock() - started)
+        return info, cached
+
+    async def _find_cached(self, plan: BuildPlan) -> TemplateInfo | None:
+        """A build that finished while this one waited for the lock."""
+        for info in await self._runtime.templates():
+            if info.name == plan.name and info.recipe_hash == plan.digest:
+                return info
+        return None
+
+    async def _build(self, plan: BuildPlan, emit: Emit) -> TemplateInfo:
+        steps = plan_steps(plan.spec, self.defaults)
+        sandbox_id = f"tbuild-{secrets.token_hex(6)}"
+        spec = SandboxSpec(
+            id=sandbox_id,
+            template=plan.base.name,
+            vcpu=self.defaults.vcpu,
+            memory_mb=self.defaults.memory_mb,
+            disk_gb=self.defaults.disk_gb,
+            hostname="template-build",
+            pids_limit=4096,
+            env={**plan.base.env, **plan.spec.env},
+        )
+        emit({"type": "log", "step": 0, "stream": "stdout",
+              "line": f"starting build sandbox {sandbox_id} from {plan.base.name!r}"})  # fmt: skip
+        try:
+            await self._runtime.create(spec)
+            await run_steps(self._runtime.channel(sandbox_id), steps, emit)
+            # Frozen while its layer is copied: nothing changes it half-way.
+            await self._runtime.pause(sandbox_id)
+            emit({"type": "log", "step": len(steps), "stream": "stdout",
+                  "line": "capturing the build's layer"})  # fmt: skip
+            return await self._runtime.capture_template(
+                sandbox_id, _config(plan.name, plan.spec, plan.base, plan.digest)
+            )
+        finally:
+            try:
+                await asyncio.shield(self._runtime.destroy(sandbox_id))
+            except Exception as exc:
+                log.error("removing build sandbox %s: %s", sandbox_id, exc)
