@@ -274,6 +274,10 @@ class Runtime(Protocol):
         """Let ``alias`` name template ``name`` (moving it if it named another)."""
         ...
 
+    async def unalias_template(self, name: str, alias: str) -> None:
+        """Remove ``alias`` of template ``name``; TemplateNotFound if it has no such alias."""
+        ...
+
     async def create(self, spec: SandboxSpec) -> None:
         """Start a sandbox and return once its channel answers."""
         ...

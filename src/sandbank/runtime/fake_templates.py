@@ -79,3 +79,9 @@ class FakeTemplates:
             raise InvalidState(f"{alias!r} is the name of a template, not a free alias")
         self.aliases[alias] = target
         return self._info(target)
+
+    async def unalias_template(self, name: str, alias: str) -> None:
+        target = (await self.template(name)).name
+        if self.aliases.get(alias) != target:
+            raise TemplateNotFound(f"template {target!r} has no alias {alias!r}")
+        del self.aliases[alias]

@@ -72,3 +72,6 @@ class TemplateOps:
 
     async def alias_template(self, name: str, alias: str) -> TemplateInfo:
         return self.store.alias(name, alias)
+
+    async def unalias_template(self, name: str, alias: str) -> None:
+        self.store.unalias(name, alias)

@@ -200,6 +200,12 @@ class TemplateStore:
         self.aliases.set(alias, target)
         return self.info(target)
 
+    def unalias(self, name: str, alias: str) -> None:
+        target = self.resolve(name)
+        if self.aliases.get(alias) != target:
+            raise TemplateNotFound(f"template {target!r} has no alias {alias!r}")
+        self.aliases.drop(alias)
+
     # -- building ------------------------------------------------------------
 
     async def ensure(self, name: str, on_progress: Progress | None = None) -> TemplateInfo:

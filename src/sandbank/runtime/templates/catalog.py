@@ -63,6 +63,11 @@ class Aliases:
     def set(self, alias: str, name: str) -> None:
         self._save({**self.load(), alias: name})
 
+    def drop(self, alias: str) -> None:
+        table = self.load()
+        if table.pop(alias, None) is not None:
+            self._save(table)
+
     def drop_target(self, name: str) -> None:
         table = self.load()
         kept = {a: t for a, t in table.items() if t != name}

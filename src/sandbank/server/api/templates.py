@@ -133,6 +133,13 @@ async def add_alias(name: str, body: AliasRequest, svc: Svc, caller: Caller) -> 
     return template_out(await _templates(svc).alias(name, body.alias))
 
 
+@router.delete("/{name}/aliases/{alias}", status_code=204)
+async def remove_alias(name: str, alias: str, svc: Svc, caller: Caller) -> Response:
+    require_admin(caller)
+    await _templates(svc).unalias(name, alias)
+    return Response(status_code=204)
+
+
 @router.delete("/{name}", status_code=204)
 async def delete_template(name: str, svc: Svc, caller: Caller) -> Response:
     require_admin(caller)

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from sandbank.errors import TemplateBuildFailed
 from sandbank.protocol.templates import FileSpec, RunStep, TemplateSpec
@@ -92,6 +93,9 @@ def _pip_step(spec: TemplateSpec, defaults: BuildDefaults) -> Step:
             "--break-system-packages"]  # fmt: skip
     if index:
         args += ["--index-url", index]
+        if index.startswith("http://"):
+            # Plain HTTP was the spec's (or the operator's) explicit choice.
+            args += ["--trusted-host", urlsplit(index).netloc.rsplit("@", 1)[-1]]
     return Step(f"pip install {' '.join(spec.pip)}", shlex.join([*args, *spec.pip]))
 
 

@@ -91,6 +91,9 @@ class TemplateService:
         check_alias(alias)
         return await self._runtime.alias_template(name, alias)
 
+    async def unalias(self, name: str, alias: str) -> None:
+        await self._runtime.unalias_template(name, alias)
+
     async def import_image(
         self, name: str, path: str, aliases: tuple[str, ...] = ()
     ) -> TemplateInfo:

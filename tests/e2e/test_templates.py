@@ -1,0 +1,229 @@
+"""Templates on the real server: a build from a spec (apt and pip from sources
+the test serves in its own fake internet), the cache, a failing step, aliases,
+deletion, sandboxes of a built template (env, start command, ready check),
+and an OCI image import."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import TEMPLATES
+from tests.support import ociimage
+from tests.support.packages import DEB, PackageHost, make_apt_repo, make_pip_index
+
+Make = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    root = tmp_path_factory.mktemp("pkgs")
+    root.chmod(0o755)
+    host = PackageHost(root)
+    apt_line, index = make_apt_repo(root, host.url), make_pip_index(root, host.url)
+    host.open()
+    try:
+        yield {"apt": apt_line, "pip": index}
+    finally:
+        host.close()
+    assert not host.leftovers()
+
+
+@pytest.fixture(scope="module")
+def names(server: Any) -> Iterator[list[str]]:
+    """Templates a test made, deleted at the end (the templates dir is shared)."""
+    made: list[str] = []
+    yield made
+    with server.client() as api:
+        for name in reversed(made):
+            resp = api.delete(f"/v1/templates/{name}")
+            assert resp.status_code in (204, 404), resp.text
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def build(api: httpx.Client, name: str, spec: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
+    body = {"name": name, "spec": spec, **extra}
+    with api.stream("POST", "/v1/templates", json=body, timeout=900) as resp:
+        assert resp.status_code == 200, resp.read()
+        assert resp.headers["content-type"].startswith("application/x-ndjson")
+        return [json.loads(line) for line in resp.iter_lines() if line]
+
+
+def app_spec(sources: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apt": [DEB],
+        "apt_sources": [sources["apt"]],
+        "pip": ["sbk-pkg"],
+        "pip_index_url": sources["pip"],
+        "files": {
+            "/opt/app/greet.txt": {"content": "hi from the template\n", "mode": "0644"},
+            "/opt/app/conf.ini": "plain=1\n",
+        },
+        "run": ["echo built > /opt/app/built", {"run": "id -un > /home/user/who", "user": "user"}],
+        "env": {"GREETING": "hello"},
+        "start": "cd /opt/app && exec python3 -m http.server 8000",
+        "ready": {"cmd": "curl -sf http://127.0.0.1:8000/greet.txt", "timeout": 30},
+    }
+
+
+def test_build_then_sandboxes_of_it(
+    api: httpx.Client, make_sandbox: Make, sources: dict[str, str], names: list[str]
+) -> None:
+    name = unique("app")
+    names.append(name)
+    events = build(api, name, app_spec(sources), aliases=[f"{name}:1"])
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "result", "\n".join(
+        str(e.get("line") or e) for e in events if e.get("step") == 2
+    )
+    steps = [e["title"] for e in events if e["type"] == "step"]
+    assert steps[0] == f"apt install {DEB}" and steps[1] == "pip install sbk-pkg"
+    assert [e["total"] for e in events if e["type"] == "step"] == [len(steps)] * len(steps)
+    lines = [e["line"] for e in events if e["type"] == "log"]
+    assert any(f"Setting up {DEB}" in line for line in lines), lines[-30:]
+    assert any("Successfully installed sbk-pkg" in line for line in lines), lines[-30:]
+    result = events[-1]
+    assert result["cached"] is False
+    tmpl = result["template"]
+    assert tmpl["kind"] == "built" and tmpl["base"] == "base" and tmpl["ready"]
+    assert tmpl["aliases"] == [f"{name}:1"] and tmpl["env"] == {"GREETING": "hello"}
+
+    listed = {t["name"]: t for t in api.get("/v1/templates").json()["data"]}
+    assert listed[name]["recipe_hash"] == tmpl["recipe_hash"]
+    assert api.get(f"/v1/templates/{name}:1").json()["name"] == name
+
+    # Same spec again: the cache answers, no build sandbox is started.
+    again = build(api, name, app_spec(sources))
+    assert [e["type"] for e in again] == ["result"] and again[0]["cached"] is True
+    assert again[0]["template"]["recipe_hash"] == tmpl["recipe_hash"]
+
+    box = make_sandbox(template=f"{name}:1", env={"EXTRA": "1"})
+    assert box["template"] == name
+    base = f"/v1/sandboxes/{box['id']}"
+    # The ready check passed before the create returned: the server answers at once.
+    probe = "curl -sf http://127.0.0.1:8000/greet.txt; echo $GREETING $EXTRA; " \
+        f"{DEB}; python3 -c 'import sbk_pkg; print(sbk_pkg.VALUE)'; " \
+        "cat /opt/app/built /home/user/who; stat -c %a /opt/app/greet.txt"  # fmt: skip
+    out = api.post(f"{base}/exec", json={"command": probe}).json()
+    assert out["stdout"].split("\n")[:7] == [
+        "hi from the template", "hello 1", "hello-from-deb", "42", "built", "user", "644",
+    ], out  # fmt: skip
+    procs = api.get(f"{base}/processes").json()["processes"]
+    started = [p for p in procs if p["tag"] == "template-start"]
+    assert len(started) == 1 and started[0]["running"], procs
+    assert "http.server" in " ".join(started[0]["cmd"])
+
+    # In use: not deletable; the build's own hostname/resolver are not inherited.
+    refused = api.delete(f"/v1/templates/{name}")
+    assert refused.status_code == 409, refused.text
+    hosts = api.post(f"{base}/exec", json={"command": "cat /etc/hostname"}).json()
+    assert hosts["stdout"].strip() != "template-build"
+    assert api.delete(base).status_code == 204
+    assert api.delete(f"/v1/templates/{name}").status_code == 204
+    gone = api.get(f"/v1/templates/{name}")
+    assert gone.status_code == 404 and gone.json()["code"] == "template_not_found"
+    assert api.get(f"/v1/templates/{name}:1").status_code == 404
+    assert not (TEMPLATES / name).exists()
+
+
+def test_failing_apt_package_leaves_nothing(
+    api: httpx.Client, sources: dict[str, str], names: list[str]
+) -> None:
+    name = unique("broken")
+    names.append(name)
+    spec = {"apt": ["sbk-no-such-package"], "apt_sources": [sources["apt"]]}
+    events = build(api, name, spec)
+    last = events[-1]
+    assert last["type"] == "error" and last["code"] == "template_build_failed", last
+    assert "Unable to locate package sbk-no-such-package" in last["message"]
+    logged = [e["line"] for e in events if e["type"] == "log"]
+    assert any("Unable to locate package sbk-no-such-package" in line for line in logged)
+    assert api.get(f"/v1/templates/{name}").status_code == 404
+    assert not (TEMPLATES / name).exists()
+
+
+def test_ready_check_that_never_passes_fails_the_create(
+    api: httpx.Client, names: list[str]
+) -> None:
+    name = unique("never")
+    names.append(name)
+    spec = {"start": "sleep 600", "ready": {"cmd": "test -e /tmp/never", "timeout": 1.5}}
+    assert build(api, name, spec)[-1]["type"] == "result"
+    resp = api.post("/v1/sandboxes", json={"template": name})
+    assert resp.status_code == 504, resp.text
+    body = resp.json()
+    assert body["code"] == "sandbox_not_ready" and "test -e /tmp/never" in body["message"]
+    listed = api.get("/v1/sandboxes", params={"status": "running"}).json()["data"]
+    assert all(b["template"] != name for b in listed)
+
+
+def test_unknown_names_and_aliases(api: httpx.Client) -> None:
+    missing = api.get("/v1/templates/no-such-template")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "template_not_found"
+    assert "base" in missing.json()["templates"] and "base" in missing.json()["message"]
+    create = api.post("/v1/sandboxes", json={"template": "no-such-template"})
+    assert create.status_code == 404 and "base" in create.json()["templates"]
+
+    alias = unique("py") + ":3.11"
+    made = api.post("/v1/templates/base/aliases", json={"alias": alias})
+    assert made.status_code == 200 and alias in made.json()["aliases"]
+    assert api.get(f"/v1/templates/{alias}").json()["name"] == "base"
+    dropped = api.delete(f"/v1/templates/base/aliases/{alias}")
+    assert dropped.status_code == 204
+    assert api.get(f"/v1/templates/{alias}").status_code == 404
+    assert api.delete(f"/v1/templates/base/aliases/{alias}").status_code == 404
+    bad = api.post("/v1/templates/base/aliases", json={"alias": "Bad Alias"})
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_request"
+    clash = api.post("/v1/templates/base/aliases", json={"alias": "base"})
+    assert clash.status_code == 409
+    assert api.delete("/v1/templates/base").status_code == 409
+    bad_name = api.post("/v1/templates", json={"name": "Not/Valid", "spec": {}})
+    assert bad_name.status_code == 422
+
+
+def test_import_oci_layout(
+    api: httpx.Client, make_sandbox: Make, names: list[str], tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o755)
+    base_rootfs = TEMPLATES / "base" / "current" / "rootfs"
+    archive = tmp_path / "image.tar"
+    config = {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "IMG_VAR=yes"],
+              "WorkingDir": "/srv", "Cmd": ["python3"]}  # fmt: skip
+    ociimage.write_oci_tar(
+        archive, [ociimage.python_layer(base_rootfs), ociimage.second_layer], config
+    )
+    name = unique("img")
+    names.append(name)
+    resp = api.post("/v1/templates/import", json={"name": name, "path": str(archive)})
+    assert resp.status_code == 201, resp.text
+    tmpl = resp.json()
+    assert tmpl["kind"] == "image" and tmpl["env"]["IMG_VAR"] == "yes"
+    assert tmpl["workdir"] == "/srv" and tmpl["cmd"] == ["python3"]
+
+    box = make_sandbox(template=name)
+    run = api.post(
+        f"/v1/sandboxes/{box['id']}/exec",
+        json={"cmd": ["python3", "-c",
+                      "import os; print(os.environ['IMG_VAR'], open('/etc/motd').read().strip(),"
+                      " os.path.exists('/etc/removed-later'), os.getuid())"]},
+    )  # fmt: skip
+    assert run.status_code == 200, run.text
+    assert run.json()["stdout"] == "yes from layer two False 1000\n", run.json()
+    assert api.delete(f"/v1/sandboxes/{box['id']}").status_code == 204
+
+    bare = tmp_path / "bare.tar"
+    ociimage.write_oci_tar(bare, [ociimage.bare_layer], {})
+    refused = api.post("/v1/templates/import", json={"name": unique("bare"), "path": str(bare)})
+    assert refused.status_code == 422 and "python3" in refused.json()["message"], refused.text
+    not_tar = api.post("/v1/templates/import", json={"name": unique("x"), "path": "/etc/hostname"})
+    assert not_tar.status_code == 422
