@@ -33,6 +33,7 @@ REPLACEMENTS = {
     "AsyncCommands": "Commands",
     "AsyncFilesystem": "Filesystem",
     "AsyncAdminClient": "AdminClient",
+    "AsyncTemplates": "Templates",
     "AsyncApiConnection": "ApiConnection",
     "AsyncClient": "Client",
     "AsyncBaseTransport": "BaseTransport",

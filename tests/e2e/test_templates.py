@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from sandbank.client import Templates
+from sandbank.errors import TemplateBuildFailed, TemplateNotFound
 from tests.conftest import TEMPLATES
 from tests.support import ociimage
 from tests.support.packages import DEB, PackageHost, make_apt_repo, make_pip_index
@@ -227,3 +231,56 @@ def test_import_oci_layout(
     assert refused.status_code == 422 and "python3" in refused.json()["message"], refused.text
     not_tar = api.post("/v1/templates/import", json={"name": unique("x"), "path": "/etc/hostname"})
     assert not_tar.status_code == 422
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sandbank", *args],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_cli_and_sdk(
+    server: Any, client_env: dict[str, str], names: list[str], tmp_path: Path
+) -> None:
+    name = unique("cli")
+    names.append(name)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"name: {name}\naliases: ['{name}:latest']\n"
+        "files:\n  /opt/hello.txt: {content: 'hello yaml', mode: '0600', user: user}\n"
+        "run:\n  - echo step-output\n"
+        "env: {FROM_SPEC: 'yes'}\n"
+    )
+    built = cli(client_env, "templates", "build", str(spec))
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.startswith(f"{name} (built in") and "step-output" in built.stderr
+    assert "[1/3] write 1 file(s)" in built.stderr
+    again = cli(client_env, "templates", "build", str(spec), "--json")
+    assert json.loads(again.stdout)["cached"] is True, again.stdout
+    listed = json.loads(cli(client_env, "templates", "--json").stdout)
+    assert {t["name"] for t in listed} >= {"base", name}
+    alias = cli(client_env, "templates", "alias", name, f"{name}:v2")
+    assert alias.returncode == 0 and alias.stdout.strip() == f"{name}:v2 -> {name}"
+
+    logged: list[dict[str, Any]] = []
+    with Templates(api_key=server.api_key, base_url=server.url) as templates:
+        info = templates.get(f"{name}:v2")
+        assert info.name == name and sorted(info.details["aliases"]) == [
+            f"{name}:latest", f"{name}:v2",
+        ]  # fmt: skip
+        # A changed spec builds again; the log arrives through the callback.
+        result = templates.build(
+            name, {"run": ["echo via-sdk"], "env": {"FROM_SPEC": "no"}}, on_log=logged.append
+        )
+        assert result.cached is False and result.template.details["env"] == {"FROM_SPEC": "no"}
+        assert any(e.get("line") == "via-sdk" for e in logged)
+        with pytest.raises(TemplateBuildFailed) as failed:
+            templates.build(unique("fails"), {"run": ["echo oops >&2; exit 3"]})
+        assert "exit code 3" in failed.value.message and "oops" in failed.value.message
+        with pytest.raises(TemplateNotFound):
+            templates.get("no-such-template")
+    gone = cli(client_env, "templates", "rm", name)
+    assert gone.returncode == 0, gone.stderr
+    missing = cli(client_env, "templates", "get", name)
+    assert missing.returncode == 1 and "template_not_found" in missing.stderr

@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from sandbank import errors
 from sandbank.client import Sandbox
 
-from . import _processes, _render
+from . import _processes, _render, _templates
 from ._options import ServerOptions, parse_pairs
 from ._transfer import copy
 
@@ -227,6 +227,7 @@ def timeout_given(ctx: typer.Context) -> bool:
 
 
 _processes.register(app)
+_templates.register(app)
 
 
 @app.command()
@@ -309,17 +310,6 @@ def metrics(
         _render.print_json(data.to_dict())
     else:
         _render.metrics(data)
-
-
-@app.command()
-def templates(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """List templates."""
-    with _options(ctx).admin() as admin:
-        items = admin.list_templates()
-    if as_json:
-        _render.print_json([item.to_dict() for item in items])
-    else:
-        _render.templates(items)
 
 
 @keys_app.command("create")

@@ -4,9 +4,9 @@ Both speak only HTTP to a sandbank server; ``_sync`` is generated from
 ``_async`` by ``scripts/gen_sync.py``.
 """
 
-from sandbank.client._async import AsyncAdminClient, AsyncSandbox
+from sandbank.client._async import AsyncAdminClient, AsyncSandbox, AsyncTemplates
 from sandbank.client._async.process import CommandHandle as AsyncCommandHandle
-from sandbank.client._sync import AdminClient, Sandbox
+from sandbank.client._sync import AdminClient, Sandbox, Templates
 from sandbank.client._sync.process import CommandHandle, ProcessInfo
 from sandbank.client.exceptions import CommandExitError, ServerUnreachable
 from sandbank.client.models import (
@@ -17,6 +17,7 @@ from sandbank.client.models import (
     NetworkInfo,
     SandboxInfo,
     SandboxMetrics,
+    TemplateBuild,
     TemplateInfo,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "AsyncAdminClient",
     "AsyncCommandHandle",
     "AsyncSandbox",
+    "AsyncTemplates",
     "CommandExitError",
     "CommandHandle",
     "CommandResult",
@@ -37,5 +39,7 @@ __all__ = [
     "SandboxInfo",
     "SandboxMetrics",
     "ServerUnreachable",
+    "TemplateBuild",
     "TemplateInfo",
+    "Templates",
 ]

@@ -228,3 +228,21 @@ class TemplateInfo(_Snapshot):
     def from_dict(cls, data: dict[str, Any]) -> TemplateInfo:
         details = {k: v for k, v in data.items() if k not in ("name", "ready")}
         return cls(name=data["name"], ready=bool(data.get("ready", False)), details=details)
+
+
+@dataclass(frozen=True)
+class TemplateBuild(_Snapshot):
+    """The outcome of a template build: the template, and whether the cache
+    answered (an unchanged spec: nothing was built)."""
+
+    template: TemplateInfo
+    cached: bool
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TemplateBuild:
+        return cls(
+            template=TemplateInfo.from_dict(data["template"]),
+            cached=bool(data.get("cached", False)),
+            seconds=float(data.get("seconds", 0.0)),
+        )

@@ -4,5 +4,12 @@ from .admin import AsyncAdminClient
 from .commands import AsyncCommands
 from .files import AsyncFilesystem
 from .sandbox import AsyncSandbox
+from .templates import AsyncTemplates
 
-__all__ = ["AsyncAdminClient", "AsyncCommands", "AsyncFilesystem", "AsyncSandbox"]
+__all__ = [
+    "AsyncAdminClient",
+    "AsyncCommands",
+    "AsyncFilesystem",
+    "AsyncSandbox",
+    "AsyncTemplates",
+]

@@ -119,9 +119,12 @@ class AsyncApiConnection:
         *,
         params: QueryParams | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        json: Any = None,
     ) -> AsyncIterator[bytes]:
         """The response body chunk by chunk, never held whole in memory."""
-        request = self._client.build_request(method, path, params=params, timeout=_timeout(timeout))
+        request = self._client.build_request(
+            method, path, params=params, json=json, timeout=_timeout(timeout)
+        )
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TransportError as exc:

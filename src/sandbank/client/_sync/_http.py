@@ -121,9 +121,12 @@ class ApiConnection:
         *,
         params: QueryParams | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        json: Any = None,
     ) -> Iterator[bytes]:
         """The response body chunk by chunk, never held whole in memory."""
-        request = self._client.build_request(method, path, params=params, timeout=_timeout(timeout))
+        request = self._client.build_request(
+            method, path, params=params, json=json, timeout=_timeout(timeout)
+        )
         try:
             response = self._client.send(request, stream=True)
         except httpx.TransportError as exc:
