@@ -53,6 +53,13 @@ def _abs(path: str, user: str = "user") -> str:
     return posixpath.normpath(posixpath.join(home, path))
 
 
+def _unwrap(cmd: list[str]) -> list[str]:
+    """The words of ``bash -c``/``sh -c`` scripts, else ``cmd`` itself."""
+    if cmd[:2] in (["/bin/bash", "-c"], ["/bin/sh", "-c"]):
+        return shlex.split(cmd[2])
+    return cmd
+
+
 def _signal_name(sig: str) -> str:
     name = sig.upper()
     return name if name.startswith("SIG") else f"SIG{name}"
@@ -121,9 +128,7 @@ class FakeChannel:
     async def exec(self, spec: ExecSpec) -> ExecResult:
         if not self._box.alive:
             raise SandboxUnavailable("sandbox is not running")
-        argv = spec.cmd
-        if argv[:2] == ["/bin/bash", "-c"]:
-            argv = shlex.split(argv[2])
+        argv = _unwrap(spec.cmd)
         out, code = b"", 0
         if argv[0] == "echo":
             out = (" ".join(argv[1:]) + "\n").encode()
@@ -212,7 +217,7 @@ class FakeChannel:
         pid = 1000 + len(self._jobs())
         job = _FakeJob(spec, pid, time.time(), stdin=spec.stdin)
         self._jobs()[pid] = job
-        name = spec.cmd[0] if spec.cmd else ""
+        name = (_unwrap(spec.cmd) or [""])[0]
         if not (name == "sleep" or (name == "cat" and spec.stdin == "open")):
             stdin = spec.stdin_data if spec.stdin == "bytes" else None
             result = await self.exec(ExecSpec(cmd=spec.cmd, env=spec.env, stdin=stdin))

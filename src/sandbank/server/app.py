@@ -146,6 +146,7 @@ def create_app(
         preview=PreviewGate(store, runtime, Path(settings.data_dir) / PREVIEW_KEY_FILE),
         templates=TemplateService(
             runtime,
+            store,
             BuildDefaults(
                 apt_sources=tuple(settings.template_build_apt_sources),
                 pip_index=settings.template_build_pip_index,

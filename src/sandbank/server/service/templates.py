@@ -20,9 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sandbank.errors import InvalidState
 from sandbank.protocol.templates import ReadySpec, StartSpec, TemplateSpec
 from sandbank.runtime.base import Runtime, SandboxSpec, TemplateInfo
 from sandbank.runtime.templates.catalog import check_alias, check_name
+from sandbank.server.service.lifecycle import SandboxState
 from sandbank.server.service.template_build import (
     BuildDefaults,
     Emit,
@@ -30,6 +32,7 @@ from sandbank.server.service.template_build import (
     run_steps,
     spec_digest,
 )
+from sandbank.server.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +71,12 @@ class TemplateService:
     def __init__(
         self,
         runtime: Runtime,
+        store: Store,
         defaults: BuildDefaults | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._runtime = runtime
+        self._store = store
         self.defaults = defaults or BuildDefaults()
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
@@ -85,6 +90,18 @@ class TemplateService:
         return await self._runtime.template(name)
 
     async def delete(self, name: str) -> None:
+        """Refused (InvalidState, 409) while a sandbox in any state but killed or
+        error was made from it: a stopped one comes back on the same tree. The
+        runtime refuses too while the tree is mounted or is another's base."""
+        name = (await self._runtime.template(name)).name
+        live = [s for s in SandboxState if s not in (SandboxState.KILLED, SandboxState.ERROR)]
+        page = await self._store.list_sandboxes(tenant=None, statuses=live, template=name, limit=5)
+        if page.items:
+            ids = ", ".join(r.id for r in page.items)
+            raise InvalidState(
+                f"template {name!r} is in use by sandboxes ({ids}); kill them first",
+                sandboxes=[r.id for r in page.items],
+            )
         await self._runtime.delete_template(name)
 
     async def alias(self, name: str, alias: str) -> TemplateInfo:
