@@ -196,7 +196,7 @@ def test_unknown_names_and_aliases(api: httpx.Client) -> None:
 
 
 def test_import_oci_layout(
-    api: httpx.Client, make_sandbox: Make, names: list[str], tmp_path: Path
+    server: Any, api: httpx.Client, make_sandbox: Make, names: list[str], tmp_path: Path
 ) -> None:
     tmp_path.chmod(0o755)
     base_rootfs = TEMPLATES / "base" / "current" / "rootfs"
@@ -224,6 +224,15 @@ def test_import_oci_layout(
     assert run.status_code == 200, run.text
     assert run.json()["stdout"] == "yes from layer two False 1000\n", run.json()
     assert api.delete(f"/v1/sandboxes/{box['id']}").status_code == 204
+
+    # The same archive sent by the client instead of named on the server's host.
+    uploaded = unique("up")
+    names.append(uploaded)
+    with Templates(api_key=server.api_key, base_url=server.url) as templates:
+        up = templates.import_image(uploaded, str(archive), aliases=[f"{uploaded}:1"], upload=True)
+    assert up.name == uploaded and up.details["aliases"] == [f"{uploaded}:1"]
+    assert up.details["recipe_hash"] == tmpl["recipe_hash"]  # same image, same content hash
+    assert not any((server.data_dir / "uploads").iterdir())
 
     bare = tmp_path / "bare.tar"
     ociimage.write_oci_tar(bare, [ociimage.bare_layer], {})

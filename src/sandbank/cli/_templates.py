@@ -144,11 +144,16 @@ def import_image(
     ],
     name: Annotated[str, typer.Option(help="Template name.")],
     alias: Annotated[list[str] | None, typer.Option(help="An alias to give it.")] = None,
+    upload: Annotated[
+        bool, typer.Option("--upload", help="PATH is here: send the archive to the server.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Import an OCI image archive that is on the server's host."""
+    """Import an OCI image archive (on the server's host, or sent with --upload)."""
     with _client(ctx) as client:
-        info = client.import_image(name, str(Path(path).absolute()), aliases=alias or [])
+        info = client.import_image(
+            name, str(Path(path).absolute()), aliases=alias or [], upload=upload
+        )
     _show(info, as_json)
 
 

@@ -152,6 +152,7 @@ def create_app(
                 pip_index=settings.template_build_pip_index,
                 disk_gb=settings.template_build_disk_gb,
             ),
+            scratch=Path(settings.data_dir) / "uploads",
         ),
     )
     app.add_middleware(preview.PreviewHosts)

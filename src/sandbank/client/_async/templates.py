@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -20,10 +20,16 @@ import httpx
 from sandbank import errors
 
 from ..models import TemplateBuild, TemplateInfo
-from ._http import AsyncApiConnection
+from ._http import AsyncApiConnection, QueryParams
 
 #: Called with each ``step`` and ``log`` event of a build, as it happens.
 OnEvent = Callable[[dict[str, Any]], None]
+
+
+async def _file_chunks(path: str, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    with open(path, "rb") as src:
+        while chunk := src.read(size):
+            yield chunk
 
 
 def _path(name: str) -> str:
@@ -111,14 +117,28 @@ class AsyncTemplates:
         await self._connection.request("DELETE", f"{_path(name)}/aliases/{quote(alias, safe=':')}")
 
     async def import_image(
-        self, name: str, path: str, *, aliases: Iterable[str] = (), timeout: float | None = 1800
+        self,
+        name: str,
+        path: str,
+        *,
+        aliases: Iterable[str] = (),
+        upload: bool = False,
+        timeout: float | None = 1800,
     ) -> TemplateInfo:
-        """Template ``name`` from an OCI layout tar or ``docker save`` tar at ``path``
-        on the server's host. ``ValidationFailed`` for an image without python3."""
-        body = {"name": name, "path": path, "aliases": list(aliases)}
-        data = await self._connection.request_json(
-            "POST", "/v1/templates/import", json=body, timeout=timeout
-        )
+        """Template ``name`` from an OCI layout tar or ``docker save`` tar at ``path``:
+        on the server's host, or (``upload=True``) here, sent in the request.
+        ``ValidationFailed`` for an image without python3."""
+        if upload:
+            params: QueryParams = [("name", name), *(("alias", a) for a in aliases)]
+            data = await self._connection.request_json(
+                "POST", "/v1/templates/import/upload", params=params,
+                content=_file_chunks(path), timeout=timeout,
+            )  # fmt: skip
+        else:
+            body = {"name": name, "path": path, "aliases": list(aliases)}
+            data = await self._connection.request_json(
+                "POST", "/v1/templates/import", json=body, timeout=timeout
+            )
         return TemplateInfo.from_dict(data)
 
     async def close(self) -> None:

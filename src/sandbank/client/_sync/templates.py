@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -22,10 +22,16 @@ import httpx
 from sandbank import errors
 
 from ..models import TemplateBuild, TemplateInfo
-from ._http import ApiConnection
+from ._http import ApiConnection, QueryParams
 
 #: Called with each ``step`` and ``log`` event of a build, as it happens.
 OnEvent = Callable[[dict[str, Any]], None]
+
+
+def _file_chunks(path: str, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as src:
+        while chunk := src.read(size):
+            yield chunk
 
 
 def _path(name: str) -> str:
@@ -113,14 +119,28 @@ class Templates:
         self._connection.request("DELETE", f"{_path(name)}/aliases/{quote(alias, safe=':')}")
 
     def import_image(
-        self, name: str, path: str, *, aliases: Iterable[str] = (), timeout: float | None = 1800
+        self,
+        name: str,
+        path: str,
+        *,
+        aliases: Iterable[str] = (),
+        upload: bool = False,
+        timeout: float | None = 1800,
     ) -> TemplateInfo:
-        """Template ``name`` from an OCI layout tar or ``docker save`` tar at ``path``
-        on the server's host. ``ValidationFailed`` for an image without python3."""
-        body = {"name": name, "path": path, "aliases": list(aliases)}
-        data = self._connection.request_json(
-            "POST", "/v1/templates/import", json=body, timeout=timeout
-        )
+        """Template ``name`` from an OCI layout tar or ``docker save`` tar at ``path``:
+        on the server's host, or (``upload=True``) here, sent in the request.
+        ``ValidationFailed`` for an image without python3."""
+        if upload:
+            params: QueryParams = [("name", name), *(("alias", a) for a in aliases)]
+            data = self._connection.request_json(
+                "POST", "/v1/templates/import/upload", params=params,
+                content=_file_chunks(path), timeout=timeout,
+            )  # fmt: skip
+        else:
+            body = {"name": name, "path": path, "aliases": list(aliases)}
+            data = self._connection.request_json(
+                "POST", "/v1/templates/import", json=body, timeout=timeout
+            )
         return TemplateInfo.from_dict(data)
 
     def close(self) -> None:

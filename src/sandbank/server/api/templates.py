@@ -15,9 +15,9 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from sandbank.errors import SandbankError
@@ -119,6 +119,20 @@ async def build_template(body: BuildTemplateRequest, svc: Svc, caller: Caller) -
 async def import_template(body: ImportTemplateRequest, svc: Svc, caller: Caller) -> dict[str, Any]:
     require_admin(caller)
     info = await _templates(svc).import_image(body.name, body.path, tuple(body.aliases))
+    return template_out(info)
+
+
+@router.post("/import/upload", status_code=201)
+async def import_uploaded(
+    request: Request,
+    svc: Svc,
+    caller: Caller,
+    name: str,
+    alias: Annotated[list[str] | None, Query()] = None,
+) -> dict[str, Any]:
+    """The archive is the request body (``application/x-tar``), streamed to disk."""
+    require_admin(caller)
+    info = await _templates(svc).import_upload(name, request.stream(), tuple(alias or ()))
     return template_out(info)
 
 

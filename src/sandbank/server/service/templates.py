@@ -17,10 +17,11 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from sandbank.errors import InvalidState
+from sandbank.errors import InvalidState, PayloadTooLarge, ValidationFailed
 from sandbank.protocol.templates import ReadySpec, StartSpec, TemplateSpec
 from sandbank.runtime.base import Runtime, SandboxSpec, TemplateInfo
 from sandbank.runtime.templates.catalog import check_alias, check_name
@@ -74,9 +75,14 @@ class TemplateService:
         store: Store,
         defaults: BuildDefaults | None = None,
         clock: Callable[[], float] = time.monotonic,
+        scratch: Path | None = None,
+        max_upload: int = 16 * 2**30,
     ) -> None:
+        """``scratch``: where uploaded image archives wait for their import."""
         self._runtime = runtime
         self._store = store
+        self._scratch = scratch
+        self.max_upload = max_upload
         self.defaults = defaults or BuildDefaults()
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
@@ -122,6 +128,30 @@ class TemplateService:
         for alias in aliases:
             info = await self._runtime.alias_template(name, alias)
         return info
+
+    async def import_upload(
+        self, name: str, chunks: AsyncIterator[bytes], aliases: tuple[str, ...] = ()
+    ) -> TemplateInfo:
+        """Like ``import_image``, for an archive sent in the request body: kept in
+        the scratch dir for the import only."""
+        check_name(name)
+        if self._scratch is None:
+            raise ValidationFailed("this server takes no uploaded images; give a path instead")
+        self._scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        archive = self._scratch / f"upload-{secrets.token_hex(6)}.tar"
+        try:
+            size = 0
+            with open(archive, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_upload:
+                        raise PayloadTooLarge(
+                            f"image archives are limited to {self.max_upload} bytes"
+                        )
+                    await asyncio.to_thread(out.write, chunk)
+            return await self.import_image(name, str(archive), aliases)
+        finally:
+            archive.unlink(missing_ok=True)
 
     # -- building ------------------------------------------------------------------
 
