@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sandbank.client import Templates
+from sandbank.client import Sandbox, Templates
 from sandbank.errors import TemplateBuildFailed, TemplateNotFound
 from tests.conftest import TEMPLATES
 from tests.support import ociimage
@@ -259,12 +259,21 @@ def test_cli_and_sdk(
         f"name: {name}\naliases: ['{name}:latest']\n"
         "files:\n  /opt/hello.txt: {content: 'hello yaml', mode: '0600', user: user}\n"
         "run:\n  - echo step-output\n"
+        # Deleted and replaced base files: whiteouts and an opaque dir in the layer.
+        "  - rm /etc/issue.net && rm -rf /usr/share/doc && mkdir /usr/share/doc\n"
+        "  - echo only > /usr/share/doc/only\n"
         "env: {FROM_SPEC: 'yes'}\n"
     )
     built = cli(client_env, "templates", "build", str(spec))
     assert built.returncode == 0, built.stderr
     assert built.stdout.startswith(f"{name} (built in") and "step-output" in built.stderr
-    assert "[1/3] write 1 file(s)" in built.stderr
+    assert "[1/5] write 1 file(s)" in built.stderr
+    with Sandbox.create(template=name, api_key=server.api_key, base_url=server.url) as sbx:
+        seen = sbx.commands.run(
+            "ls /usr/share/doc; test -e /etc/issue.net || echo gone; cat /opt/hello.txt; echo;"
+            " stat -c '%U %a' /opt/hello.txt; echo $FROM_SPEC"
+        )
+        assert seen.stdout == "only\ngone\nhello yaml\nuser 600\nyes\n", seen
     again = cli(client_env, "templates", "build", str(spec), "--json")
     assert json.loads(again.stdout)["cached"] is True, again.stdout
     listed = json.loads(cli(client_env, "templates", "--json").stdout)

@@ -202,7 +202,8 @@ async def test_store_install_stack_alias_delete(tmp_path: Path) -> None:
     async def fill(rootfs: Path) -> dict[str, object]:
         rootfs.mkdir()
         (rootfs / "f").write_text("x")
-        return {"kind": "built", "recipe_hash": "2" * 64, "lowers": [str(base)],
+        below = str(base.relative_to(tmp_path))
+        return {"kind": "built", "recipe_hash": "2" * 64, "lowers": [below],
                 "config": {"env": {"E": "1"}}}  # fmt: skip
 
     info = await store.install("app", fill)

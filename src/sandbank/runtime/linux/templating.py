@@ -40,7 +40,7 @@ class TemplateOps:
                 "kind": "built",
                 "base": base,
                 "recipe_hash": info.recipe_hash,
-                "lowers": [str(p) for p in lowers],
+                "lowers": [str(p.relative_to(self.store.root)) for p in lowers],
                 "config": catalog.config_of(info),
                 "capture_seconds": round(time.monotonic() - started, 2),
             }

@@ -89,7 +89,9 @@ class TemplateStore:
         recipe = self.recipes.get(name)
         if meta is None:
             digest = recipe.digest() if recipe else None
-            return TemplateInfo(name=name, ready=False, recipe_hash=digest)
+            return TemplateInfo(
+                name=name, ready=False, recipe_hash=digest, aliases=self.aliases.of(name)
+            )
         built_hash = str(meta.get("recipe_hash") or "") or None
         return catalog.info_of(
             name,
@@ -107,10 +109,12 @@ class TemplateStore:
 
     def lowers(self, name: str) -> list[Path]:
         """Every read-only tree of ``name``, topmost first (overlay ``lowerdir`` order)."""
-        top = self.lower(name)
-        meta = self._meta(name) or {}
-        below = meta.get("lowers")
-        return [top, *(Path(str(p)) for p in below)] if isinstance(below, list) else [top]
+        return [self.lower(name), *self._below(name)]
+
+    def _below(self, name: str) -> list[Path]:
+        """The trees a built template stacks on; stored relative to the template root."""
+        below = (self._meta(name) or {}).get("lowers")
+        return [self.root / str(p) for p in below] if isinstance(below, list) else []
 
     def resolve(self, name: str) -> str:
         """The template ``name`` denotes: itself, or the one an alias points at."""
@@ -189,8 +193,7 @@ class TemplateStore:
         shutil.rmtree(base)
 
     def _uses(self, name: str, tree: Path) -> bool:
-        below = (self._meta(name) or {}).get("lowers")
-        return isinstance(below, list) and any(str(p).startswith(f"{tree}/") for p in below)
+        return any(str(p).startswith(f"{tree}/") for p in self._below(name))
 
     def alias(self, name: str, alias: str) -> TemplateInfo:
         target = self.resolve(name)
