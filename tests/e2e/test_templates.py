@@ -128,7 +128,9 @@ def test_build_then_sandboxes_of_it(
 
     # In use: not deletable; the build's own hostname/resolver are not inherited.
     refused = api.delete(f"/v1/templates/{name}")
-    assert refused.status_code == 409, refused.text
+    assert refused.status_code == 409 and box["id"] in refused.json()["sandboxes"], refused.text
+    by_alias = api.delete(f"/v1/templates/{name}:1")
+    assert by_alias.status_code == 409 and "alias" in by_alias.json()["message"]
     hosts = api.post(f"{base}/exec", json={"command": "cat /etc/hostname"}).json()
     assert hosts["stdout"].strip() != "template-build"
     assert api.delete(base).status_code == 204

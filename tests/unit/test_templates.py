@@ -224,7 +224,9 @@ async def test_store_install_stack_alias_delete(tmp_path: Path) -> None:
         store.alias("app", "base0")
     with pytest.raises(InvalidState):
         store.delete("base0")  # the base of app
-    store.delete("app:1")
+    with pytest.raises(InvalidState):
+        store.delete("app:1")  # an alias: only the alias could go
+    store.delete("app")
     assert (
         not (tmp_path / "app").exists() and catalog.Aliases(tmp_path / "aliases.json").load() == {}
     )

@@ -65,7 +65,8 @@ class FakeTemplates:
         return self._info(name)
 
     async def delete_template(self, name: str) -> None:
-        name = (await self.template(name)).name
+        if (await self.template(name)).name != name:
+            raise InvalidState(f"{name!r} is an alias; delete the template by its name")
         if name in self.template_names:
             raise InvalidState(f"template {name!r} is built from a recipe and cannot be deleted")
         if self.in_use.get(name):

@@ -177,7 +177,11 @@ class TemplateStore:
         return self.info(name)
 
     def delete(self, name: str) -> None:
-        name = self.resolve(name)
+        if self.resolve(name) != name:
+            raise InvalidState(
+                f"{name!r} is an alias of template {self.resolve(name)!r}: remove the alias "
+                "(DELETE .../aliases/...) or delete the template by its name"
+            )
         if name in self.recipes:
             raise InvalidState(f"template {name!r} is built from a recipe and cannot be deleted")
         base = self.root / name

@@ -99,7 +99,8 @@ class TemplateService:
         """Refused (InvalidState, 409) while a sandbox in any state but killed or
         error was made from it: a stopped one comes back on the same tree. The
         runtime refuses too while the tree is mounted or is another's base."""
-        name = (await self._runtime.template(name)).name
+        if (await self._runtime.template(name)).name != name:
+            await self._runtime.delete_template(name)  # refuses aliases, saying why
         live = [s for s in SandboxState if s not in (SandboxState.KILLED, SandboxState.ERROR)]
         page = await self._store.list_sandboxes(tenant=None, statuses=live, template=name, limit=5)
         if page.items:
