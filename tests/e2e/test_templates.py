@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,8 +19,9 @@ import pytest
 
 from sandbank.client import Sandbox, Templates
 from sandbank.errors import TemplateBuildFailed, TemplateNotFound
-from tests.conftest import TEMPLATES
+from tests.conftest import TEMPLATES, new_server, run_cgroups
 from tests.support import ociimage
+from tests.support.leaks import leftovers
 from tests.support.packages import DEB, PackageHost, make_apt_repo, make_pip_index
 
 Make = Callable[..., dict[str, Any]]
@@ -304,3 +306,28 @@ def test_cli_and_sdk(
     assert gone.returncode == 0, gone.stderr
     missing = cli(client_env, "templates", "get", name)
     assert missing.returncode == 1 and "template_not_found" in missing.stderr
+
+
+def test_server_killed_mid_build_leaves_nothing() -> None:
+    srv = new_server("tmpl-restart")
+    srv.start()
+    name = unique("killed")
+    try:
+        with srv.client() as api:
+            body = {"name": name, "spec": {"run": ["echo started; sleep 600"]}}
+            with api.stream("POST", "/v1/templates", json=body) as resp:
+                for line in resp.iter_lines():
+                    if json.loads(line).get("line") == "started":
+                        break
+                build_boxes = [p.name for p in (srv.data_dir / "sandboxes").iterdir()]
+                assert len(build_boxes) == 1 and build_boxes[0].startswith("tbuild-")
+                srv.stop(signal.SIGKILL)
+        srv.start()
+        # The build sandbox had no record: the restarted server removed it.
+        assert leftovers(srv.data_dir, run_cgroups()) == []
+        with srv.client() as api:
+            assert api.get(f"/v1/templates/{name}").status_code == 404
+        assert not (TEMPLATES / name).exists()
+    finally:
+        srv.stop()
+        srv.purge()

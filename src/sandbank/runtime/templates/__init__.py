@@ -148,6 +148,9 @@ class TemplateStore:
             raise InvalidState(f"template {name!r} is built from a recipe; choose another name")
         base = self.root / name
         base.mkdir(parents=True, exist_ok=True)
+        # Left by a server that died mid-copy (callers serialize installs of a name).
+        for stale in base.glob(".build-*"):
+            await asyncio.to_thread(shutil.rmtree, stale, True)
         work = base / f".build-{secrets.token_hex(4)}"
         work.mkdir()
         try:
