@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
+from sandbank.client import Templates
 from sandbank.errors import (
     InvalidState,
+    SandbankError,
     SandboxNotReady,
     TemplateBuildFailed,
     TemplateNotFound,
@@ -70,6 +73,7 @@ def test_plan_order_and_sources() -> None:
     assert "Dir::Etc::SourceList=" in (steps[0].cmd or "") and "deb http://m/ d main" in (
         steps[0].cmd or ""
     )
+    assert steps[1].env["PIP_BREAK_SYSTEM_PACKAGES"] == "1"
     assert "--trusted-host i" in (steps[1].cmd or "") and "--index-url http://i/simple/" in (
         steps[1].cmd or ""
     )
@@ -278,3 +282,34 @@ def test_archive_kinds(tmp_path: Path) -> None:
         image.transport(tar("c.tar", ["other"]))
     with pytest.raises(ValidationFailed):
         image.transport(tmp_path / "missing.tar")
+
+
+# -- the SDK's reading of a build stream ------------------------------------------------------
+
+
+def _sdk(events: list[dict[str, Any]]) -> Templates:
+    def reply(request: httpx.Request) -> httpx.Response:
+        assert json.loads(request.content)["spec"] == {"run": ["x"]}
+        # Split mid-line: the SDK must join chunks into lines.
+        body = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+        return httpx.Response(200, content=iter([body[:7], body[7:30], body[30:]]))
+
+    return Templates(api_key="k", base_url="http://sbk.test", transport=httpx.MockTransport(reply))
+
+
+def test_sdk_build_events_and_errors() -> None:
+    step = {"type": "step", "step": 1, "total": 1, "title": "run x", "elapsed": 0}
+    log = {"type": "log", "step": 1, "stream": "stdout", "line": "hi"}
+    result = {"type": "result", "cached": False, "seconds": 1.5,
+              "template": {"name": "t", "ready": True, "kind": "built"}}  # fmt: skip
+    seen: list[dict[str, Any]] = []
+    with _sdk([step, log, result]) as templates:
+        built = templates.build("t", {"run": ["x"]}, on_log=seen.append)
+    assert seen == [step, log] and built.template.name == "t" and built.seconds == 1.5
+    error = {"type": "error", "status": 422, "code": "template_build_failed",
+             "message": "step 1 (run x) failed", "step": 1, "exit_code": 2}  # fmt: skip
+    with _sdk([step, error]) as templates, pytest.raises(TemplateBuildFailed) as failed:
+        templates.build("t", {"run": ["x"]})
+    assert failed.value.details == {"step": 1, "exit_code": 2}
+    with _sdk([step]) as templates, pytest.raises(SandbankError):
+        templates.build("t", {"run": ["x"]})

@@ -88,15 +88,16 @@ def _apt_step(spec: TemplateSpec, defaults: BuildDefaults) -> Step:
 def _pip_step(spec: TemplateSpec, defaults: BuildDefaults) -> Step:
     index = spec.pip_index_url or defaults.pip_index
     args = ["python3", "-m", "pip", "install", "--no-cache-dir", "--no-input",
-            "--disable-pip-version-check", "--root-user-action=ignore",
-            # The base's python is Debian's: installing into it is what a template is for.
-            "--break-system-packages"]  # fmt: skip
+            "--disable-pip-version-check"]  # fmt: skip
+    # As variables, not flags: a pip too old to know them ignores them. The base's
+    # python is the system's: installing into it is what a template is for.
+    env = {"PIP_BREAK_SYSTEM_PACKAGES": "1", "PIP_ROOT_USER_ACTION": "ignore"}
     if index:
         args += ["--index-url", index]
         if index.startswith("http://"):
             # Plain HTTP was the spec's (or the operator's) explicit choice.
             args += ["--trusted-host", urlsplit(index).netloc.rsplit("@", 1)[-1]]
-    return Step(f"pip install {' '.join(spec.pip)}", shlex.join([*args, *spec.pip]))
+    return Step(f"pip install {' '.join(spec.pip)}", shlex.join([*args, *spec.pip]), env=env)
 
 
 def plan_steps(spec: TemplateSpec, defaults: BuildDefaults) -> list[Step]:
