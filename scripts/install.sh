@@ -15,7 +15,7 @@ fi
 
 apt_packages=(runc debootstrap e2fsprogs util-linux mount iproute2 nftables procps python3 python3-venv python3-dev gcc skopeo umoci)
 case "$profile" in
-  test) apt_packages+=(tmux apt-utils dpkg-dev) ;;
+  test) apt_packages+=(tmux apt-utils) ;;
   bench) apt_packages+=(podman) ;;
 esac
 

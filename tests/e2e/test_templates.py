@@ -238,6 +238,19 @@ def test_import_oci_layout(
     assert up.details["recipe_hash"] == tmpl["recipe_hash"]  # same image, same content hash
     assert not any((server.data_dir / "uploads").iterdir())
 
+    # A `docker save` archive of the same files.
+    docker = tmp_path / "docker.tar"
+    ociimage.write_docker_tar(docker, [ociimage.python_layer(base_rootfs)], {"Env": ["D=1"]})
+    saved = unique("docker")
+    names.append(saved)
+    resp = api.post("/v1/templates/import", json={"name": saved, "path": str(docker)})
+    assert resp.status_code == 201 and resp.json()["env"] == {"D": "1"}, resp.text
+    box = make_sandbox(template=saved)
+    read = ["python3", "-c", "print(open('/etc/removed-later').read(), end='')"]
+    run = api.post(f"/v1/sandboxes/{box['id']}/exec", json={"cmd": read})
+    assert run.json()["stdout"] == "layer one\n", run.text
+    assert api.delete(f"/v1/sandboxes/{box['id']}").status_code == 204
+
     bare = tmp_path / "bare.tar"
     ociimage.write_oci_tar(bare, [ociimage.bare_layer], {})
     refused = api.post("/v1/templates/import", json={"name": unique("bare"), "path": str(bare)})

@@ -105,3 +105,23 @@ def write_oci_tar(path: Path, layers: list[Layer], config: dict[str, object]) ->
         }]}  # fmt: skip
         _add_bytes(out, "index.json", json.dumps(index).encode())
         _add_bytes(out, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+
+
+def write_docker_tar(path: Path, layers: list[Layer], config: dict[str, object]) -> None:
+    """The ``docker save`` format: manifest.json, a config blob, one tar per layer."""
+    with tarfile.open(path, "w") as out:
+        names, diff_ids = [], []
+        for layer in layers:
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                layer(tar)
+            digest = hashlib.sha256(buf.getvalue()).hexdigest()
+            _add_bytes(out, f"{digest}/layer.tar", buf.getvalue())
+            names.append(f"{digest}/layer.tar")
+            diff_ids.append(f"sha256:{digest}")
+        cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": config,
+                          "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()  # fmt: skip
+        cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
+        _add_bytes(out, cfg_name, cfg)
+        manifest = [{"Config": cfg_name, "RepoTags": ["sandbank-test:latest"], "Layers": names}]
+        _add_bytes(out, "manifest.json", json.dumps(manifest).encode())
