@@ -214,6 +214,13 @@ async def test_store_install_stack_alias_delete(tmp_path: Path) -> None:
     assert info.kind == "built" and info.env == {"E": "1"} and info.size_bytes
     assert store.lowers("app") == [tmp_path / "app" / ("2" * 16) / "rootfs", base]
 
+    # The same content again (a re-import, a rebuild back to an earlier spec):
+    # the existing tree stays, inode for inode.
+    inode = (tmp_path / "app" / ("2" * 16) / "rootfs" / "f").stat().st_ino
+    assert (await store.install("app", fill)).recipe_hash == "2" * 64
+    assert (tmp_path / "app" / ("2" * 16) / "rootfs" / "f").stat().st_ino == inode
+    assert [p.name for p in (tmp_path / "app").iterdir() if p.name.startswith(".")] == []
+
     async def broken(rootfs: Path) -> dict[str, object]:
         rootfs.mkdir()
         raise RuntimeError("step failed")

@@ -161,11 +161,14 @@ class TemplateStore:
             meta.setdefault("built_at", time.time())
             (work / "meta.json").write_text(json.dumps(meta, indent=1))
             final = base / digest[:16]
-            if final.exists():
-                if final == (base / "current").resolve():
-                    raise InvalidState(f"template {name!r} is already this tree")
-                await asyncio.to_thread(shutil.rmtree, final)
-            os.rename(work, final)
+            if (final / "meta.json").is_file():
+                # The same content is there already (current, or an earlier version
+                # sandboxes may still run on): keep that tree, never replace it.
+                await asyncio.to_thread(shutil.rmtree, work)
+            else:
+                if final.exists():
+                    await asyncio.to_thread(shutil.rmtree, final)
+                os.rename(work, final)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, work, True)
             if not any(base.iterdir()):
