@@ -145,6 +145,8 @@ async def test_bad_names_and_unknown_base_fail_before_building(store: SqlStore) 
         await templates.prepare_build("Bad Name", TemplateSpec())
     with pytest.raises(ValidationFailed):
         await templates.prepare_build("ok", TemplateSpec(), aliases=("no spaces",))
+    with pytest.raises(ValidationFailed):
+        await templates.prepare_build("base", TemplateSpec(base="base"))
     with pytest.raises(TemplateNotFound) as missing:
         await templates.prepare_build("ok", TemplateSpec(base="nope"))
     assert missing.value.details["templates"] == ["base"]

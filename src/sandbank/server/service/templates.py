@@ -163,6 +163,10 @@ class TemplateService:
         for alias in aliases:
             check_alias(alias)
         base = await self._runtime.template(spec.base)
+        if base.name == name:
+            raise ValidationFailed(
+                f"template {name!r} cannot be built on itself; name another base", field="base"
+            )
         base = await self._runtime.ensure_template(base.name)
         base = await self._runtime.template(base.name)
         digest = spec_digest(spec, base, self.defaults)
