@@ -38,6 +38,7 @@ REPLACEMENTS = {
     # websockets.asyncio.client -> websockets.sync.client (the terminal's socket)
     "asyncio": "sync",
     "AsyncSnapshots": "Snapshots",
+    "AsyncTemplates": "Templates",
     "AsyncApiConnection": "ApiConnection",
     "AsyncClient": "Client",
     "AsyncWatchHandle": "WatchHandle",

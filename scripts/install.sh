@@ -13,9 +13,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-apt_packages=(runc debootstrap e2fsprogs util-linux mount iproute2 nftables procps python3 python3-venv python3-dev gcc)
+apt_packages=(runc debootstrap e2fsprogs util-linux mount iproute2 nftables procps python3 python3-venv python3-dev gcc skopeo umoci)
 case "$profile" in
-  test) apt_packages+=(tmux) ;;
+  test) apt_packages+=(tmux apt-utils) ;;
   bench) apt_packages+=(podman) ;;
 esac
 

@@ -8,6 +8,7 @@ Stdlib only: the agent imports this module inside sandboxes.
     SandbankError (internal_error, 500)
     ├── BadRequest (bad_request, 400)
     │   ├── ValidationFailed (invalid_request, 422)
+    │   │   └── TemplateBuildFailed (template_build_failed, 422)
     │   ├── InvalidPath (invalid_path, 400)
     │   ├── IsADirectory (is_a_directory, 400)
     │   └── NotADirectory (not_a_directory, 400)
@@ -32,6 +33,7 @@ Stdlib only: the agent imports this module inside sandboxes.
     │   └── PortUnreachable (port_unreachable, 502)
     ├── SandboxUnavailable (sandbox_unavailable, 503)
     ├── Timeout (timeout, 504)
+    │   └── SandboxNotReady (sandbox_not_ready, 504)
     └── RuntimeFailure (runtime_error, 500)
 """
 
@@ -191,6 +193,19 @@ class SandboxUnavailable(SandbankError):
 class Timeout(SandbankError):
     code = "timeout"
     status = 504
+
+
+class SandboxNotReady(Timeout):
+    """A template's ready check did not pass in time in a new sandbox."""
+
+    code = "sandbox_not_ready"
+
+
+class TemplateBuildFailed(ValidationFailed):
+    """A step of a template build failed; the build's log says why."""
+
+    code = "template_build_failed"
+    status = 422
 
 
 class RuntimeFailure(SandbankError):

@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from sandbank import errors
 from sandbank.client import Sandbox
 
-from . import _files, _lifecycle, _processes, _render, _shell
+from . import _files, _lifecycle, _processes, _render, _shell, _templates
 from ._options import ServerOptions, parse_pairs
 from ._transfer import copy
 
@@ -230,6 +230,7 @@ _processes.register(app)
 _shell.register(app)
 _lifecycle.register(app)
 _files.register(app)
+_templates.register(app)
 
 
 @app.command()
@@ -315,17 +316,6 @@ def metrics(
         _render.print_json(data.to_dict())
     else:
         _render.metrics(data)
-
-
-@app.command()
-def templates(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """List templates."""
-    with _options(ctx).admin() as admin:
-        items = admin.list_templates()
-    if as_json:
-        _render.print_json([item.to_dict() for item in items])
-    else:
-        _render.templates(items)
 
 
 @keys_app.command("create")

@@ -4,10 +4,10 @@ Both speak only HTTP to a sandbank server; ``_sync`` is generated from
 ``_async`` by ``scripts/gen_sync.py``.
 """
 
-from sandbank.client._async import AsyncAdminClient, AsyncSandbox, AsyncSnapshots
+from sandbank.client._async import AsyncAdminClient, AsyncSandbox, AsyncSnapshots, AsyncTemplates
 from sandbank.client._async.process import CommandHandle as AsyncCommandHandle
 from sandbank.client._async.pty import AsyncPtyHandle
-from sandbank.client._sync import AdminClient, Sandbox, Snapshots
+from sandbank.client._sync import AdminClient, Sandbox, Snapshots, Templates
 from sandbank.client._sync.process import CommandHandle
 from sandbank.client._sync.pty import PtyHandle
 from sandbank.client.exceptions import CommandExitError, ServerUnreachable
@@ -21,6 +21,7 @@ from sandbank.client.models import (
     SandboxInfo,
     SandboxMetrics,
     SnapshotInfo,
+    TemplateBuild,
     TemplateInfo,
 )
 from sandbank.client.pty_types import PtyInfo, PtyResult, PtySize
@@ -35,6 +36,7 @@ __all__ = [
     "AsyncPtyHandle",
     "AsyncSandbox",
     "AsyncSnapshots",
+    "AsyncTemplates",
     "AsyncWatchHandle",
     "CommandExitError",
     "CommandHandle",
@@ -53,6 +55,8 @@ __all__ = [
     "ServerUnreachable",
     "SnapshotInfo",
     "Snapshots",
+    "TemplateBuild",
     "TemplateInfo",
+    "Templates",
     "WatchHandle",
 ]

@@ -325,3 +325,22 @@ class ProcessInfo(_Snapshot):
             truncated=list(data.get("truncated") or []),
             kind=str(data.get("kind") or "background"),
         )
+
+
+
+@dataclass(frozen=True)
+class TemplateBuild(_Snapshot):
+    """The outcome of a template build: the template, and whether the cache
+    answered (an unchanged spec: nothing was built)."""
+
+    template: TemplateInfo
+    cached: bool
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TemplateBuild:
+        return cls(
+            template=TemplateInfo.from_dict(data["template"]),
+            cached=bool(data.get("cached", False)),
+            seconds=float(data.get("seconds", 0.0)),
+        )

@@ -164,8 +164,26 @@ class SandboxUsage:
 class TemplateInfo:
     name: str
     ready: bool
+    #: What the tree was made from: the recipe's hash for ``recipe`` templates,
+    #: the spec's content hash (with its base's) for ``built``, the image's for ``image``.
     recipe_hash: str | None = None
     size_bytes: int | None = None
+    #: ``recipe`` (debootstrap), ``built`` (a spec built on ``base``) or ``image`` (imported).
+    kind: str = "recipe"
+    base: str | None = None
+    aliases: tuple[str, ...] = ()
+    #: What a sandbox of the template gets: variables, a command started in the
+    #: background, and a command that must exit 0 (within ``ready_timeout`` s)
+    #: before the create returns.
+    env: dict[str, str] = field(default_factory=dict)
+    start_cmd: str | None = None
+    ready_cmd: str | None = None
+    ready_timeout: float = 60.0
+    workdir: str | None = None
+    user: str | None = None
+    built_at: float | None = None
+    #: An imported image's Entrypoint + Cmd, as recorded (``start_cmd`` is what runs).
+    cmd: tuple[str, ...] = ()
 
 
 class SandboxChannel(Protocol):
@@ -254,6 +272,36 @@ class Runtime(Protocol):
         ...
 
     async def templates(self) -> list[TemplateInfo]: ...
+
+    async def template(self, name: str) -> TemplateInfo:
+        """One template by name or alias; TemplateNotFound lists those that exist."""
+        ...
+
+    async def capture_template(self, sandbox_id: str, info: TemplateInfo) -> TemplateInfo:
+        """Make what the (paused) sandbox changed over its template a new read-only
+        template ``info.name`` stacked on ``info.base``, with ``info``'s settings;
+        replaces an older template of that name (sandboxes on it keep their tree)."""
+        ...
+
+    async def import_template(
+        self, name: str, archive: str, on_progress: Callable[[str], None] | None = None
+    ) -> TemplateInfo:
+        """A template from an OCI image archive on the host (``docker save`` or OCI
+        layout tar); raises ValidationFailed for an unusable image."""
+        ...
+
+    async def delete_template(self, name: str) -> None:
+        """Remove a template and its aliases; InvalidState while a sandbox or
+        another template uses it."""
+        ...
+
+    async def alias_template(self, name: str, alias: str) -> TemplateInfo:
+        """Let ``alias`` name template ``name`` (moving it if it named another)."""
+        ...
+
+    async def unalias_template(self, name: str, alias: str) -> None:
+        """Remove ``alias`` of template ``name``; TemplateNotFound if it has no such alias."""
+        ...
 
     async def create(self, spec: SandboxSpec) -> None:
         """Start a sandbox and return once its channel answers."""

@@ -13,7 +13,7 @@ import posixpath
 import shlex
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sandbank.errors import (
@@ -27,7 +27,6 @@ from sandbank.errors import (
     SandboxNotFound,
     SandboxUnavailable,
     SnapshotNotFound,
-    TemplateNotFound,
     Timeout,
 )
 from sandbank.protocol.network import NetworkPolicy
@@ -40,8 +39,8 @@ from sandbank.runtime.base import (
     OutputEvent,
     SandboxSpec,
     SandboxUsage,
-    TemplateInfo,
 )
+from sandbank.runtime.fake_templates import FakeTemplates
 
 
 @dataclass
@@ -56,6 +55,13 @@ class FakeSandbox:
 def _abs(path: str, user: str = "user") -> str:
     home = "/root" if user == "root" else "/home/user"
     return posixpath.normpath(posixpath.join(home, path))
+
+
+def _unwrap(cmd: list[str]) -> list[str]:
+    """The words of ``bash -c``/``sh -c`` scripts, else ``cmd`` itself."""
+    if cmd[:2] in (["/bin/bash", "-c"], ["/bin/sh", "-c"]):
+        return shlex.split(cmd[2])
+    return cmd
 
 
 def _signal_name(sig: str) -> str:
@@ -131,9 +137,7 @@ class FakeChannel:
     async def exec(self, spec: ExecSpec) -> ExecResult:
         if not self._box.alive:
             raise SandboxUnavailable("sandbox is not running")
-        argv = spec.cmd
-        if argv[:2] == ["/bin/bash", "-c"]:
-            argv = shlex.split(argv[2])
+        argv = _unwrap(spec.cmd)
         out, code = b"", 0
         if argv[0] == "echo":
             out = (" ".join(argv[1:]) + "\n").encode()
@@ -222,7 +226,7 @@ class FakeChannel:
         pid = 1000 + len(self._jobs())
         job = _FakeJob(spec, pid, time.time(), stdin=spec.stdin)
         self._jobs()[pid] = job
-        name = spec.cmd[0] if spec.cmd else ""
+        name = (_unwrap(spec.cmd) or [""])[0]
         if spec.pty is not None:
             # A terminal that echoes its input, as a tty in cooked mode would.
             job.stdin, job.pty = "pty", spec.pty
@@ -304,10 +308,11 @@ class FakeChannel:
         job.pty = (cols, rows)
 
 
-class FakeRuntime:
+class FakeRuntime(FakeTemplates):
     name = "fake"
 
     def __init__(self, templates: tuple[str, ...] = ("base",)) -> None:
+        super().__init__()
         self.boxes: dict[str, FakeSandbox] = {}
         self.template_names = templates
         #: Set to make the next create fail, to test the service's cleanup.
@@ -324,23 +329,12 @@ class FakeRuntime:
     async def close(self) -> None:
         return None
 
-    async def ensure_template(
-        self, name: str, on_progress: Callable[[str], None] | None = None
-    ) -> TemplateInfo:
-        if name not in self.template_names:
-            raise TemplateNotFound(
-                f"template {name!r} does not exist; available: {', '.join(self.template_names)}"
-            )
-        return TemplateInfo(name=name, ready=True)
-
-    async def templates(self) -> list[TemplateInfo]:
-        return [TemplateInfo(name=n, ready=True) for n in self.template_names]
-
     async def create(self, spec: SandboxSpec) -> None:
         if self.fail_next_create:
             message, self.fail_next_create = self.fail_next_create, None
             raise RuntimeFailure(message)
         self.boxes[spec.id] = FakeSandbox(spec)
+        self.in_use[spec.template] = self.in_use.get(spec.template, 0) + 1
 
     async def customize(self, spec: SandboxSpec) -> None:
         box = self.boxes.get(spec.id)
@@ -358,8 +352,9 @@ class FakeRuntime:
         box.spec = dataclasses.replace(box.spec, network=policy)
 
     async def destroy(self, sandbox_id: str) -> None:
-        if self.boxes.pop(sandbox_id, None) is not None:
+        if (box := self.boxes.pop(sandbox_id, None)) is not None:
             self.destroyed.append(sandbox_id)
+            self.in_use[box.spec.template] -= 1
 
     async def pause(self, sandbox_id: str) -> None:
         box = self.boxes.get(sandbox_id)

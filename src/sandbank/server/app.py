@@ -24,6 +24,7 @@ from sandbank.server.api import (
     sandboxes,
     snapshots,
     system,
+    templates,
     terminal_page,
     terminals,
 )
@@ -35,6 +36,8 @@ from sandbank.server.service.pool import PoolConfig
 from sandbank.server.service.preview import PreviewGate
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
+from sandbank.server.service.template_build import BuildDefaults
+from sandbank.server.service.templates import TemplateService
 from sandbank.server.service.terminals import TerminalService
 from sandbank.server.settings import Settings
 from sandbank.server.store.base import Store
@@ -154,6 +157,16 @@ def create_app(
         preview=PreviewGate(
             store, runtime, Path(settings.data_dir) / PREVIEW_KEY_FILE, touch=service.idle.touch
         ),
+        templates=TemplateService(
+            runtime,
+            store,
+            BuildDefaults(
+                apt_sources=tuple(settings.template_build_apt_sources),
+                pip_index=settings.template_build_pip_index,
+                disk_gb=settings.template_build_disk_gb,
+            ),
+            scratch=Path(settings.data_dir) / "uploads",
+        ),
         terminals=TerminalService(service, store, Path(settings.data_dir) / TERMINAL_KEY_FILE),
     )
     app.add_middleware(preview.PreviewHosts)
@@ -169,6 +182,7 @@ def create_app(
         files_tree,
         admin,
         preview,
+        templates,
     ):
         app.include_router(module.router)
     app.include_router(terminals.router)

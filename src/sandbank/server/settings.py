@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     oci_runtime: str = "auto"
     #: Debian mirror for building the base template; default: the host's apt source.
     template_mirror: str | None = None
+    #: Template builds (docs/templates.md): apt source lines used instead of the
+    #: base's (a local mirror; JSON list in the environment), the pip index, and
+    #: the disk of the throwaway build sandbox.
+    template_build_apt_sources: list[str] = Field(default_factory=list)
+    template_build_pip_index: str | None = None
+    template_build_disk_gb: int = Field(default=4, ge=1, le=50)
 
     # Resource limits for a sandbox (Conway's ranges by default).
     vcpu_min: float = 1

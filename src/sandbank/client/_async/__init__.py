@@ -5,5 +5,13 @@ from .commands import AsyncCommands
 from .files import AsyncFilesystem
 from .sandbox import AsyncSandbox
 from .snapshots import AsyncSnapshots
+from .templates import AsyncTemplates
 
-__all__ = ["AsyncAdminClient", "AsyncCommands", "AsyncFilesystem", "AsyncSandbox", "AsyncSnapshots"]
+__all__ = [
+    "AsyncAdminClient",
+    "AsyncCommands",
+    "AsyncFilesystem",
+    "AsyncSandbox",
+    "AsyncSnapshots",
+    "AsyncTemplates",
+]

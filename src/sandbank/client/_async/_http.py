@@ -128,6 +128,7 @@ class AsyncApiConnection:
         *,
         params: QueryParams | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        json: Any = None,
     ) -> AsyncIterator[bytes]:
         """The response body chunk by chunk, never held whole in memory."""
         return self.stream(method, path, params=params, timeout=timeout)

@@ -7,5 +7,13 @@ from .commands import Commands
 from .files import Filesystem
 from .sandbox import Sandbox
 from .snapshots import Snapshots
+from .templates import Templates
 
-__all__ = ["AdminClient", "Commands", "Filesystem", "Sandbox", "Snapshots"]
+__all__ = [
+    "AdminClient",
+    "Commands",
+    "Filesystem",
+    "Sandbox",
+    "Snapshots",
+    "Templates",
+]

@@ -130,6 +130,7 @@ class ApiConnection:
         *,
         params: QueryParams | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        json: Any = None,
     ) -> Iterator[bytes]:
         """The response body chunk by chunk, never held whole in memory."""
         return self.stream(method, path, params=params, timeout=timeout)

@@ -52,6 +52,7 @@ from sandbank.runtime.linux.layout import (
     is_valid_id,
 )
 from sandbank.runtime.linux.ocicli import OciCli, pick_binary
+from sandbank.runtime.linux.templating import TemplateOps
 from sandbank.runtime.templates import TemplateStore
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class _Settings(Protocol):
     def template_root(self) -> Path: ...
 
 
-class LinuxRuntime(stopstart.DiskLifecycle):
+class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps):
     name = "linux"
 
     def __init__(
@@ -215,7 +216,7 @@ class LinuxRuntime(stopstart.DiskLifecycle):
         async with self._lock(spec.id):
             if box.root.exists() or self.ocicli.state_dir(spec.id).exists():
                 raise InvalidState(f"sandbox {spec.id} already exists")
-            lower = self.store.lower(spec.template)
+            lower = self.store.lowers(spec.template)
             if len(str(box.socket).encode()) > MAX_SOCKET_PATH:
                 raise RuntimeFailure(f"data dir path too long for a unix socket: {box.socket}")
             marks: dict[str, float] = {}
@@ -248,13 +249,13 @@ class LinuxRuntime(stopstart.DiskLifecycle):
             log.debug("created %s: %s", spec.id, {k: round(v * 1000, 1) for k, v in marks.items()})
 
     async def _build(
-        self, spec: SandboxSpec, box: SandboxDir, lower: Path, mark: Callable[[str], None]
+        self, spec: SandboxSpec, box: SandboxDir, lower: list[Path], mark: Callable[[str], None]
     ) -> None:
         box.root.mkdir(mode=0o711, exist_ok=True)  # a stopped sandbox's dir has its disk
         cgroups_path = f"{self.cgroup_parent.rstrip('/')}/sandbank/{spec.id}"
         pids = self._pids(spec.pids_limit)
         record = SandboxRecord(
-            id=spec.id, cgroups_path=cgroups_path, lower=str(lower),
+            id=spec.id, cgroups_path=cgroups_path, lower=":".join(map(str, lower)),
             oci_binary=self.ocicli.binary, disk_gb=spec.disk_gb, memory_mb=spec.memory_mb,
             pids_limit=pids, created_at=time.time(), vcpu=spec.vcpu, hostname=spec.hostname,
         )  # fmt: skip

@@ -63,7 +63,7 @@ async def start(rt: LinuxRuntime, spec: SandboxSpec) -> None:
         if rt.ocicli.state_dir(spec.id).exists() or mounts.under(box.root):
             # Left over from a start the server did not see through.
             await _stop_locked(rt, spec.id)
-        lower = rt.store.lower(spec.template)
+        lower = rt.store.lowers(spec.template)
         started = time.monotonic()
         try:
             await rt._build(spec, box, lower, lambda _phase: None)

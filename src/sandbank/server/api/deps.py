@@ -14,6 +14,7 @@ from sandbank.server.service.keys import KeyService, Principal
 from sandbank.server.service.preview import PreviewGate
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
+from sandbank.server.service.templates import TemplateService
 from sandbank.server.service.terminals import TerminalService
 
 
@@ -30,6 +31,7 @@ class Services:
 
     def terminal_token(self, sandbox_id: str) -> str | None:
         return None if self.terminals is None else self.terminals.token(sandbox_id)
+    templates: TemplateService | None = None
 
 
 def services(request: Request) -> Services:

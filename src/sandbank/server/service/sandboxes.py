@@ -31,6 +31,7 @@ from sandbank.runtime.base import (
     TemplateInfo,
 )
 from sandbank.runtime.filetree import FileTreeChannel
+from sandbank.server.service import template_boot
 from sandbank.server.service.activity import ActiveChannel, ActiveTreeChannel
 from sandbank.server.service.idle import IdleTracker, check_policy
 from sandbank.server.service.lifecycle import (
@@ -160,14 +161,15 @@ class SandboxService:
             want, snapshot_id = await self.snapshots.resolve_create(tenant, params)
             return await self._create_cold(tenant, want, snapshot_id=snapshot_id)
         want = resolve(self._limits, params)
+        want, template = await template_boot.apply(self._runtime, want)
         await self._runtime.ensure_template(want.template)
-        if not self.pool.serves(want.template, want.disk_gb):
+        if template_boot.needs_boot(template) or not self.pool.serves(want.template, want.disk_gb):
             self._telemetry.missed(want.template, "not_pooled")
         else:
             handed = await self._hand_out(tenant, want)
             if handed is not None:
                 return handed
-        return await self._create_cold(tenant, want)
+        return await self._create_cold(tenant, want, template)
 
     async def _check_quota(self, tenant: str, want: Resolved) -> None:
         override, usage = await self._store.quota_and_usage(tenant, ACTIVE)
@@ -253,7 +255,11 @@ class SandboxService:
         return None
 
     async def _create_cold(
-        self, tenant: str, want: Resolved, snapshot_id: str | None = None
+        self,
+        tenant: str,
+        want: Resolved,
+        template: TemplateInfo | None = None,
+        snapshot_id: str | None = None,
     ) -> SandboxRecord:
         now = self._clock()
         sandbox_id = new_sandbox_id()
@@ -287,6 +293,8 @@ class SandboxService:
                     else:  # the snapshot's copy as its disk, then started like a stopped one
                         await self._runtime.restore(sandbox_id, snapshot_id)
                         await self._runtime.start_sandbox(self._spec(sandbox_id, want))
+                if template is not None and template_boot.needs_boot(template):
+                    await template_boot.boot(self._runtime.channel(sandbox_id), template, want.env)
             except BaseException as exc:
                 await self._fail(sandbox_id, exc)
                 raise
