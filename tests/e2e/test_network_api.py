@@ -82,7 +82,7 @@ def test_no_internet_at_create(
     ("body", "says"),
     [
         ({"network": {"deny_out": ["10.0.0.300"]}}, "'10.0.0.300' is not an IPv4"),
-        ({"network": {"allow_out": ["example.com"]}}, "domain names are not supported yet"),
+        ({"network": {"allow_out": ["ok.example", "bad_.*.example"]}}, "'bad_.*.example' is"),
         ({"network": {"deny_out": ["fd00::/8"]}}, "IPv6"),
         (
             {"allow_internet_access": False, "network": {"allow_out": ["1.1.1.1"]}},

@@ -93,14 +93,14 @@ for nft in (Nft(), Nft(prefer_library=False)):
                                       "192.0.2.53"))
     nft.run_sync(netrules.replace_policy(names, make_policy(False), "192.0.2.53"))
     nft.run_sync(netrules.replace_policy(names, NetworkPolicy(), None))
-    listing = nft.list_sync("map", family="inet", table="sandbank", name="egress")
+    listing = nft.list_sync("map", family="inet", table=netrules.TABLE, name="egress")
     assert names.veth in netrules.element_keys(listing, "map"), listing
     nft.run_sync(netrules.remove_sandbox(names))
     for kind, ident in netrules.sandbox_objects(names):
         assert nft.list_sync(kind, **ident) is None, (kind, ident)
-    listing = nft.list_sync("set", family="inet", table="sandbank", name="ifaces")
+    listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name="ifaces")
     assert names.veth not in netrules.element_keys(listing, "set")
-    nft.run_sync([{"delete": {"table": {"family": "inet", "name": "sandbank"}}}])
+    nft.run_sync([{"delete": {"table": {"family": "inet", "name": netrules.TABLE}}}])
 print("applied")
 """
 

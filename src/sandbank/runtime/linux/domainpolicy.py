@@ -1,0 +1,111 @@
+"""Domain rules of sandbox policies: the book, the forwarder, the proxy, the sets.
+
+``SandboxNetworks`` delegates here for every sandbox whose policy names
+domains. A sandbox is registered (by its address) once its link exists; from
+then on its DNS answers fill its resolved-address sets (``dnsforward``) and its
+HTTP/TLS connections are checked by name (``sniproxy``). Its policy is also
+written to ``state_dir/<id>.json``: the forwarder and proxy listen on ports
+chosen at start, so a restarted server re-registers the sandboxes it finds
+there and points their redirects at its new ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from sandbank.protocol.network import NetworkPolicy
+from sandbank.runtime.linux import netrules
+from sandbank.runtime.linux.dnsforward import DnsForwarder
+from sandbank.runtime.linux.domains import DomainBook, SandboxDomains
+from sandbank.runtime.linux.netrules import DomainPorts, Names
+from sandbank.runtime.linux.nft import Nft
+from sandbank.runtime.linux.sniproxy import SniProxy
+
+log = logging.getLogger(__name__)
+
+
+class DomainRules:
+    def __init__(self, nft: Nft, state_dir: Path | None, forbidden: Sequence[str]) -> None:
+        """``forbidden``: networks the proxy never connects to (the sandboxes')."""
+        self.nft = nft
+        self.state_dir = state_dir
+        self.book = DomainBook()
+        self.forwarder: DnsForwarder | None = None
+        self.proxy = SniProxy(self.book, forbidden)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def start(self, resolver: str | None) -> None:
+        self.forwarder = DnsForwarder(self.book, resolver, self.publish)
+        await self.forwarder.start()
+        await self.proxy.start()
+        log.info("domain rules: DNS forwarder on port %d, proxy on %d",
+                 self.forwarder.port, self.proxy.port)  # fmt: skip
+
+    async def close(self) -> None:
+        if self.forwarder is not None:
+            await self.forwarder.close()
+        await self.proxy.close()
+
+    @property
+    def ports(self) -> DomainPorts | None:
+        if self.forwarder is None or not self.forwarder.port or not self.proxy.port:
+            return None
+        return DomainPorts(dns=self.forwarder.port, proxy=self.proxy.port)
+
+    def register(
+        self, sandbox_id: str, names: Names, address: str, policy: NetworkPolicy
+    ) -> tuple[netrules.Resolved, netrules.Resolved]:
+        """Put (or re-police) a sandbox in the book and store its policy; what
+        it resolved so far, classified under ``policy``."""
+        entry = self.book.put(sandbox_id, names, address, policy)
+        self._store(sandbox_id, policy)
+        return entry.elements()
+
+    def forget(self, sandbox_id: str) -> None:
+        self.book.drop(sandbox_id)
+        self._locks.pop(sandbox_id, None)
+        if self.state_dir is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / f"{sandbox_id}.json").unlink()
+
+    async def publish(self, entry: SandboxDomains) -> None:
+        """Bring the sandbox's resolved-address sets up to date with the book.
+        One at a time per sandbox: each run replaces the sets whole."""
+        lock = self._locks.setdefault(entry.sandbox_id, asyncio.Lock())
+        async with lock:
+            allowed, denied = entry.elements()
+            await self.nft.run(netrules.refresh_resolved(entry.names, allowed, denied))
+
+    def _store(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        if self.state_dir is None:
+            return
+        self.state_dir.mkdir(mode=0o700, exist_ok=True)
+        path = self.state_dir / f"{sandbox_id}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(policy.to_dict()))
+        tmp.replace(path)
+
+    def stored(self) -> dict[str, NetworkPolicy]:
+        """The policies of the sandboxes registered before a restart."""
+        found: dict[str, NetworkPolicy] = {}
+        if self.state_dir is None or not self.state_dir.is_dir():
+            return found
+        for path in self.state_dir.glob("*.json"):
+            try:
+                found[path.stem] = NetworkPolicy.from_dict(json.loads(path.read_text()))
+            except (OSError, ValueError) as exc:
+                log.warning("ignoring stored network policy %s: %s", path, exc)
+        return found
+
+    def leftovers(self, sandbox_id: str) -> list[str]:
+        found = []
+        if self.book.get(sandbox_id) is not None:
+            found.append(f"domain rules of {sandbox_id} in the resolver")
+        if self.state_dir is not None and (self.state_dir / f"{sandbox_id}.json").exists():
+            found.append(f"stored network policy {self.state_dir / sandbox_id}.json")
+        return found

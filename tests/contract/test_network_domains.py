@@ -1,0 +1,234 @@
+"""Domain rules in egress policies, on the real runtime, HTTP and HTTPS.
+
+"The internet" is the test's own namespace (``tests.support.fakenet``): its
+DNS server knows the ``.test`` names of ``fakenet.NAMES``, its web hosts
+answer with the name they were asked for (Host header, or TLS SNI) and the
+address they were reached at, over HTTPS with a certificate of the test's own
+CA, which the sandboxes are given to trust. ``shared.test`` is a second site
+on ``web.test``'s address: the name checks must tell them apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbank.protocol.network import NetworkPolicy, make_policy
+from sandbank.runtime.linux.driver import LinuxRuntime
+from tests.contract.conftest import (
+    TEMPLATES,
+    Harness,
+    host_traces,
+    new_data_dir,
+    sandbox_cgroup_dirs,
+    template_seed,
+)
+from tests.support.fakenet import OTHER, PORT, WEB, WILD, FakeInternet
+
+pytestmark = pytest.mark.linux
+
+CA = "/tmp/test-ca.pem"
+
+#: Run inside a sandbox: fetch every target at once; a target is
+#: ``scheme:name`` (resolved by the sandbox), ``scheme:name@address`` (that
+#: name sent to that address), or ``tcp:address`` (the echo service).
+#: Prints {target: "ok <first line>" | "fail <error>"}.
+FETCH = r"""
+import json, socket, ssl, sys, threading
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+out = {}
+def fetch(target):
+    scheme, rest = target.split(":", 1)
+    name, _, address = rest.partition("@")
+    try:
+        if scheme == "tcp":
+            with socket.create_connection((name, ECHO_PORT), timeout=2) as s:
+                s.settimeout(2)
+                out[target] = "ok " + s.recv(100).decode().strip()
+            return
+        host = address or socket.gethostbyname(name)
+        port = 443 if scheme == "https" else 80
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.settimeout(2)
+            if scheme == "https":
+                s = ctx.wrap_socket(s, server_hostname=name)
+            s.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.0 200"):
+            raise OSError("no answer")
+        out[target] = "ok " + body.decode().strip()
+    except Exception as exc:
+        out[target] = "fail " + type(exc).__name__
+threads = [threading.Thread(target=fetch, args=(t,)) for t in sys.argv[2:]]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(out))
+""".replace("ECHO_PORT", str(PORT))
+
+
+@pytest.fixture(scope="module")
+def internet() -> Iterator[FakeInternet]:
+    if shutil.which("ip") is None or shutil.which("openssl") is None:
+        pytest.skip("iproute2 and openssl are needed")
+    net = FakeInternet().open()
+    try:
+        yield net
+    finally:
+        net.close()
+        assert not net.leftovers()
+
+
+@pytest.fixture(scope="module")
+async def h(base_template: Path, internet: FakeInternet) -> AsyncIterator[Harness]:
+    data_dir = new_data_dir("netdomains")
+    rt = LinuxRuntime(data_dir, TEMPLATES, template_seed=template_seed(), network_dns=[WEB])
+    await rt.start()
+    harness = Harness(rt)
+    try:
+        yield harness
+    finally:
+        for sid in await rt.running():
+            await rt.destroy(sid)
+        await rt.close()
+        traces = host_traces(data_dir) + sandbox_cgroup_dirs(rt, harness.ids)
+        if not traces:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        assert not traces, f"left on the host: {traces}"
+
+
+async def boxed(h: Harness, internet: FakeInternet, policy: NetworkPolicy) -> str:
+    sid = await h.create(network=policy)
+    ca = base64.b64encode(internet.ca_pem.encode()).decode()
+    await h.out(sid, f"echo {ca} | base64 -d > {CA}")
+    return sid
+
+
+async def fetch(h: Harness, sid: str, *targets: str) -> dict[str, bool]:
+    out = await h.out(sid, f"python3 -c '{FETCH}' {CA} {' '.join(targets)}")
+    results: dict[str, str] = json.loads(out)
+    return {t: r.startswith("ok") for t, r in results.items()}
+
+
+async def test_allow_list_of_domains_http_https_wildcard(
+    h: Harness, internet: FakeInternet
+) -> None:
+    sid = await boxed(h, internet, make_policy(True, ["web.test", "*.wild.test"], ["0.0.0.0/0"]))
+    got = await fetch(
+        h, sid,
+        "http:web.test", "https:web.test", "https:api.wild.test", "https:deep.api.wild.test",
+        # Not allowed: another name, a name on an allowed name's address, the
+        # wildcard's own base name.
+        "https:other.test", "http:shared.test", "https:shared.test", "http:wild.test",
+        # An allowed name sent to an address it does not resolve to.
+        f"https:web.test@{OTHER}",
+    )  # fmt: skip
+    assert got == {
+        "http:web.test": True, "https:web.test": True,
+        "https:api.wild.test": True, "https:deep.api.wild.test": True,
+        "https:other.test": False, "http:shared.test": False, "https:shared.test": False,
+        "http:wild.test": False, f"https:web.test@{OTHER}": False,
+    }  # fmt: skip
+    # Other ports go by address: the ones allowed names resolved to.
+    got = await fetch(h, sid, f"tcp:{WEB}", f"tcp:{WILD}", f"tcp:{OTHER}")
+    assert got == {f"tcp:{WEB}": True, f"tcp:{WILD}": True, f"tcp:{OTHER}": False}
+    await h.rt.destroy(sid)
+
+
+async def test_denied_domains_only(h: Harness, internet: FakeInternet) -> None:
+    sid = await boxed(h, internet, make_policy(True, [], ["shared.test", "*.wild.test"]))
+    got = await fetch(
+        h, sid, "https:web.test", "https:other.test", "https:shared.test", "http:shared.test",
+        "https:api.wild.test",
+    )  # fmt: skip
+    assert got == {
+        "https:web.test": True, "https:other.test": True,
+        "https:shared.test": False, "http:shared.test": False, "https:api.wild.test": False,
+    }  # fmt: skip
+    # The wildcard's address, learnt from DNS, is closed on other ports too.
+    assert await fetch(h, sid, f"tcp:{WILD}", f"tcp:{OTHER}") == {
+        f"tcp:{WILD}": False, f"tcp:{OTHER}": True,
+    }  # fmt: skip
+    await h.rt.destroy(sid)
+
+
+async def test_allow_wins_over_deny_for_names(h: Harness, internet: FakeInternet) -> None:
+    sid = await boxed(h, internet, make_policy(True, ["deep.api.wild.test"], ["*.wild.test"]))
+    got = await fetch(h, sid, "https:deep.api.wild.test", "https:api.wild.test")
+    assert got == {"https:deep.api.wild.test": True, "https:api.wild.test": False}
+    await h.rt.destroy(sid)
+
+
+async def test_domain_policy_changed_while_running(h: Harness, internet: FakeInternet) -> None:
+    rt = h.rt
+    sid = await boxed(h, internet, make_policy(True, ["web.test"], ["0.0.0.0/0"]))
+    assert await fetch(h, sid, "https:web.test", "https:other.test", f"tcp:{WEB}") == {
+        "https:web.test": True, "https:other.test": False, f"tcp:{WEB}": True,
+    }  # fmt: skip
+
+    # Swap the allowed name: web.test's address (resolved before) closes at once.
+    await rt.set_network_policy(sid, make_policy(True, ["other.test"], ["0.0.0.0/0"]))
+    assert await fetch(h, sid, f"tcp:{WEB}") == {f"tcp:{WEB}": False}
+    assert await fetch(h, sid, "https:web.test", "https:other.test", f"tcp:{OTHER}") == {
+        "https:web.test": False, "https:other.test": True, f"tcp:{OTHER}": True,
+    }  # fmt: skip
+
+    # Addresses only again, then no internet, then domains again.
+    await rt.set_network_policy(sid, make_policy(True, [WEB], ["0.0.0.0/0"]))
+    assert await fetch(h, sid, "https:shared.test", "https:other.test") == {
+        "https:shared.test": True, "https:other.test": False,
+    }  # fmt: skip
+    await rt.set_network_policy(sid, make_policy(False))
+    assert await fetch(h, sid, f"https:web.test@{WEB}") == {f"https:web.test@{WEB}": False}
+    await rt.set_network_policy(sid, make_policy(True, [], ["web.test"]))
+    assert await fetch(h, sid, "https:web.test", "https:shared.test") == {
+        "https:web.test": False, "https:shared.test": True,
+    }  # fmt: skip
+    await rt.destroy(sid)
+    assert await rt.leftovers(sid) == []
+
+
+async def test_no_internet_and_default_still_work(h: Harness, internet: FakeInternet) -> None:
+    open_box = await boxed(h, internet, NetworkPolicy())
+    closed = await boxed(h, internet, make_policy(False))
+    assert await fetch(h, open_box, "https:web.test", "https:shared.test", f"tcp:{OTHER}") == {
+        "https:web.test": True, "https:shared.test": True, f"tcp:{OTHER}": True,
+    }  # fmt: skip
+    assert await fetch(h, closed, "https:web.test", f"https:web.test@{WEB}") == {
+        "https:web.test": False, f"https:web.test@{WEB}": False,
+    }  # fmt: skip
+    for sid in (open_box, closed):
+        await h.rt.destroy(sid)
+
+
+#: Inside: is there any IPv6 address, can a datagram go to the link's
+#: all-nodes group or to a global IPv6 address?
+IPV6 = r"""
+import socket
+found = open("/proc/net/if_inet6").read().strip()
+print("addresses:", found or "none")
+for target in (("ff02::1", 9, 0, 2), ("2001:db8::1", 9, 0, 0)):
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.sendto(b"x", target)
+        print("sent", target[0])
+    except OSError as exc:
+        print("refused", target[0], type(exc).__name__)
+"""
+
+
+async def test_no_ipv6_in_sandboxes(h: Harness, internet: FakeInternet) -> None:
+    sid = await h.create()
+    out = await h.out(sid, f"python3 -c '{IPV6}'")
+    lines = out.splitlines()
+    assert lines[0] == "addresses: none", out
+    assert lines[1].startswith("refused ff02::1"), out
+    assert lines[2].startswith("refused 2001:db8::1"), out
+    await h.rt.destroy(sid)
