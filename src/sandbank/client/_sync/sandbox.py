@@ -261,6 +261,13 @@ class Sandbox:
         template: str = data["host_url" if by_host else "url"]
         return template.replace("{port}", str(int(port)))
 
+    def get_host(self, port: int) -> str:
+        """E2B's ``get_host``: the ``{port}-{id}.localhost[:server port]`` host
+        that reaches ``port`` (no scheme, no token: a request to it needs the
+        preview token, see ``preview_url``)."""
+        url = self.preview_url(port, by_host=True)
+        return url.partition("://")[2].partition("/")[0]
+
     def is_running(self) -> bool:
         try:
             info = self.get_info()
