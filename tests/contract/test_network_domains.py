@@ -232,3 +232,38 @@ async def test_no_ipv6_in_sandboxes(h: Harness, internet: FakeInternet) -> None:
     assert lines[1].startswith("refused ff02::1"), out
     assert lines[2].startswith("refused 2001:db8::1"), out
     await h.rt.destroy(sid)
+
+
+async def test_domain_rules_survive_a_restart(base_template: Path, internet: FakeInternet) -> None:
+    """The forwarder and proxy listen on new ports after a restart: the stored
+    policy points the sandbox's redirects at them again."""
+    data_dir = new_data_dir("netrestart")
+    kw = {"template_seed": template_seed(), "network_dns": [WEB]}
+    first = LinuxRuntime(data_dir, TEMPLATES, **kw)  # type: ignore[arg-type]
+    await first.start()
+    h1 = Harness(first)
+    sid = await boxed(h1, internet, make_policy(True, ["web.test"], ["0.0.0.0/0"]))
+    assert await fetch(h1, sid, "https:web.test", "https:shared.test") == {
+        "https:web.test": True, "https:shared.test": False,
+    }  # fmt: skip
+    old_ports = first.network.domains.ports
+    await first.close()
+
+    second = LinuxRuntime(data_dir, TEMPLATES, **kw)  # type: ignore[arg-type]
+    await second.start()
+    try:
+        assert await second.adopt(sid)
+        assert second.network.domains.ports != old_ports
+        h2 = Harness(second)
+        assert await fetch(h2, sid, "https:web.test", "https:shared.test") == {
+            "https:web.test": True, "https:shared.test": False,
+        }  # fmt: skip
+        await second.destroy(sid)
+        assert await second.leftovers(sid) == []
+    finally:
+        for left in await second.running():
+            await second.destroy(left)
+        await second.close()
+    traces = host_traces(data_dir) + sandbox_cgroup_dirs(second, {sid})
+    assert not traces, f"left on the host: {traces}"
+    shutil.rmtree(data_dir, ignore_errors=True)

@@ -143,3 +143,22 @@ def test_sdk(server: ServerProcess, internet: FakeInternet) -> None:
         assert sbx.get_network() == info
         out = sbx.commands.run(["python3", "-c", PROBE, f"{WEB}:{PORT}"])
         assert out.stdout.split() == [f"{WEB}:{PORT}", "fail"]
+
+
+def test_domain_entries_through_the_api(
+    api: httpx.Client, make_sandbox: Make, internet: FakeInternet
+) -> None:
+    """Domain entries are kept (in lower case) next to addresses. Nothing here
+    resolves a name: an address no allowed name resolved to stays closed."""
+    box = make_sandbox(
+        network={"deny_out": [ALL_TRAFFIC], "allow_out": ["Web.Test.", "*.wild.test", OTHER]}
+    )
+    assert box["network"]["allow_out"] == ["web.test", "*.wild.test", f"{OTHER}/32"]
+    assert reach(api, box["id"]) == {WEB: False, OTHER: True}
+    path = f"/v1/sandboxes/{box['id']}/network"
+    resp = api.put(path, json={"deny_out": ["web.test"]})
+    assert resp.status_code == 200, resp.text
+    assert api.get(path).json()["deny_out"] == ["web.test"]
+    assert reach(api, box["id"]) == {WEB: True, OTHER: True}
+    resp = api.put(path, json={"allow_out": ["*.*.test"], "deny_out": [ALL_TRAFFIC]})
+    assert resp.status_code == 422 and "'*.*.test'" in resp.json()["message"]
