@@ -23,7 +23,7 @@ from sandbank.runtime.linux import netrules
 from sandbank.runtime.linux.dnsforward import DnsForwarder
 from sandbank.runtime.linux.domains import DomainBook, SandboxDomains
 from sandbank.runtime.linux.netrules import DomainPorts, Names
-from sandbank.runtime.linux.nft import Nft
+from sandbank.runtime.linux.nft import Nft, NftError
 from sandbank.runtime.linux.sniproxy import SniProxy
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,11 @@ class DomainRules:
         self.forwarder: DnsForwarder | None = None
         self.proxy = SniProxy(self.book, forbidden)
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Does adding an element again update its timeout (kernel >= 6.10)?
+        self.timeout_updates = False
 
     async def start(self, resolver: str | None) -> None:
+        self.timeout_updates = await asyncio.to_thread(self._probe_timeout_update)
         self.forwarder = DnsForwarder(self.book, resolver, self.publish)
         await self.forwarder.start()
         await self.proxy.start()
@@ -74,12 +77,59 @@ class DomainRules:
                 (self.state_dir / f"{sandbox_id}.json").unlink()
 
     async def publish(self, entry: SandboxDomains) -> None:
-        """Bring the sandbox's resolved-address sets up to date with the book.
-        One at a time per sandbox: each run replaces the sets whole."""
+        """Bring the sandbox's resolved-address sets up to date with the book:
+        add what they lack (or, where a re-added element keeps its old timeout,
+        replace them whole). One at a time per sandbox."""
         lock = self._locks.setdefault(entry.sandbox_id, asyncio.Lock())
         async with lock:
-            allowed, denied = entry.elements()
-            await self.nft.run(netrules.refresh_resolved(entry.names, allowed, denied))
+            allowed, denied = entry.elements(only_stale=True)
+            if not allowed and not denied:
+                return
+            if self.timeout_updates:
+                await self.nft.run(netrules.add_resolved(entry.names, allowed, denied))
+                entry.published(allowed, denied, whole=False)
+            else:
+                allowed, denied = entry.elements()
+                await self.nft.run(netrules.refresh_resolved(entry.names, allowed, denied))
+                entry.published(allowed, denied, whole=True)
+
+    def published(self, sandbox_id: str, resolved: tuple[netrules.Resolved, ...]) -> None:
+        """A policy change put exactly ``resolved`` into the sandbox's sets."""
+        entry = self.book.get(sandbox_id)
+        if entry is not None:
+            entry.published(resolved[0], resolved[1], whole=True)
+
+    def _probe_timeout_update(self) -> bool:
+        """Add an element twice, with a short then a long timeout, to a
+        throwaway set of the table, and see which the kernel kept."""
+        probe = {"family": netrules.FAMILY, "table": netrules.TABLE, "name": f"probe_{id(self):x}"}
+
+        def elem(timeout: int) -> dict[str, object]:
+            return {
+                "add": {
+                    "element": {
+                        **probe,
+                        "elem": [{"elem": {"val": "192.0.2.1", "timeout": timeout}}],
+                    }
+                }
+            }
+
+        try:
+            self.nft.run_sync(
+                [{"add": {"set": {**probe, "type": "ipv4_addr", "flags": ["timeout"]}}}, elem(5)]
+            )
+            self.nft.run_sync([elem(3600)])
+            listing = self.nft.list_sync("set", **probe) or []
+            expires = [
+                e["elem"].get("expires", 0)
+                for item in listing
+                for e in (item.get("set") or {}).get("elem") or []
+                if isinstance(e, dict) and isinstance(e.get("elem"), dict)
+            ]
+            return bool(expires) and expires[0] > 60
+        finally:
+            with contextlib.suppress(NftError):
+                self.nft.run_sync([{"delete": {"set": probe}}])
 
     def _store(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         if self.state_dir is None:

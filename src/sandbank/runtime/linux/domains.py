@@ -30,6 +30,9 @@ MAX_TTL = 3600
 #: Addresses remembered per sandbox; past it the oldest go (their set
 #: elements time out on their own).
 MAX_ADDRESSES = 4096
+#: A set element is given this much more time than the answer's TTL left, so
+#: the same answer asked again soon needs no nftables transaction.
+HEADROOM = 1.25
 
 _BLOCKED = [ipaddress.IPv4Network(b) for b in BLOCKED]
 
@@ -48,6 +51,8 @@ class SandboxDomains:
     policy: NetworkPolicy
     #: address -> {name: expiry (monotonic)}
     resolved: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: (allowed?, address) -> expiry of its element in the kernel's sets
+    kernel: dict[tuple[bool, str], float] = field(default_factory=dict)
 
     def learn(self, name: str, address: str, ttl: int) -> None:
         names = self.resolved.setdefault(address, {})
@@ -72,8 +77,9 @@ class SandboxDomains:
             return False
         return None
 
-    def elements(self) -> tuple[dict[str, int], dict[str, int]]:
-        """(allowed, denied) address -> seconds left, for the nftables sets."""
+    def elements(self, only_stale: bool = False) -> tuple[dict[str, int], dict[str, int]]:
+        """(allowed, denied) address -> seconds its set element must live;
+        ``only_stale``: just those the kernel's sets do not cover yet."""
         allowed: dict[str, int] = {}
         denied: dict[str, int] = {}
         now = time.monotonic()
@@ -82,9 +88,22 @@ class SandboxDomains:
             verdict = self.address_verdict(address)
             if verdict is None or not names:
                 continue
-            left = max(1, int(max(names.values()) - now))
-            (allowed if verdict else denied)[address] = left
+            expiry = max(names.values())
+            if only_stale and self.kernel.get((verdict, address), 0.0) >= expiry:
+                continue
+            (allowed if verdict else denied)[address] = int((expiry - now) * HEADROOM) + 1
         return allowed, denied
+
+    def published(self, allowed: dict[str, int], denied: dict[str, int], whole: bool) -> None:
+        """The kernel's sets now hold these elements (``whole``: only these)."""
+        now = time.monotonic()
+        if whole:
+            self.kernel = {}
+        for verdict, found in ((True, allowed), (False, denied)):
+            for address, timeout in found.items():
+                self.kernel[(verdict, address)] = now + timeout
+        if len(self.kernel) > 2 * MAX_ADDRESSES:
+            self.kernel = {k: t for k, t in self.kernel.items() if t > now}
 
     def connection_allowed(self, address: str, name: str | None) -> bool:
         """May the sandbox open a connection to ``address`` that names ``name``

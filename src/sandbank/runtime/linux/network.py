@@ -303,6 +303,7 @@ class SandboxNetworks:
             await self.nft.run(
                 netrules.replace_policy(names, policy, self.resolver, ports, resolved)
             )
+            self.domains.published(sandbox_id, resolved)
         except NftError as exc:
             if "No such file or directory" in str(exc):
                 raise InvalidState(
