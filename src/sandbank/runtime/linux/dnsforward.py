@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 UPSTREAM_TIMEOUT = 4.0
 MAX_TCP_MESSAGE = 65535
+#: UDP queries being answered at once, all sandboxes together; more are
+#: dropped (as a lost packet: the client retries), so a flood costs the
+#: server a bounded number of sockets.
+MAX_IN_FLIGHT = 512
 
 #: Called with a sandbox whose resolutions changed; returns once its nftables
 #: sets hold them.
@@ -142,6 +146,10 @@ class DnsForwarder:
         finally:
             sock.close()
 
+    @property
+    def busy(self) -> bool:
+        return len(self._tasks) >= MAX_IN_FLIGHT
+
     def spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
@@ -172,6 +180,8 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.forwarder.busy:
+            return
         self.forwarder.spawn(self._reply(data, addr))
 
     async def _reply(self, data: bytes, addr: tuple[str, int]) -> None:

@@ -24,7 +24,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from sandbank.runtime.linux.domains import DomainBook
+from sandbank.runtime.linux.domains import DomainBook, SandboxDomains
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ CONNECT_TIMEOUT = 10.0
 #: A ClientHello (post-quantum key shares included) or a request head fits.
 MAX_PEEK = 16384
 CHUNK = 65536
+#: Connections relayed at once for one sandbox (each holds two sockets of the
+#: server); more are closed at once.
+MAX_PER_SANDBOX = 256
 
 
 class NeedMore(Exception):
@@ -129,6 +132,7 @@ class SniProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._open: dict[str, int] = {}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "0.0.0.0", 0)
@@ -158,8 +162,19 @@ class SniProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         source = writer.get_extra_info("peername")[0]
         entry = self.book.by_address(source)
-        if entry is None:
+        if entry is None or self._open.get(source, 0) >= MAX_PER_SANDBOX:
             return
+        self._open[source] = self._open.get(source, 0) + 1
+        try:
+            await self._relay(entry, reader, writer)
+        finally:
+            self._open[source] -= 1
+            if not self._open[source]:
+                del self._open[source]
+
+    async def _relay(
+        self, entry: SandboxDomains, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         address, port = original_destination(writer.get_extra_info("socket"))
         first, name = await self._first_bytes(reader)
         ip = ipaddress.IPv4Address(address)
