@@ -267,3 +267,42 @@ async def test_domain_rules_survive_a_restart(base_template: Path, internet: Fak
     traces = host_traces(data_dir) + sandbox_cgroup_dirs(second, {sid})
     assert not traces, f"left on the host: {traces}"
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+#: Inside: one A query for argv[2] to argv[1] (host:port) over UDP; prints
+#: the answer's first address or "none".
+QUERY = r"""
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+name = b"".join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split(".")) + b"\0"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1.5)
+s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\0\x01\0\x01",
+         (host, int(port)))
+try:
+    reply = s.recv(512)
+    print(socket.inet_ntoa(reply[-4:]) if reply[7] else "none")
+except OSError:
+    print("none")
+"""
+
+
+async def test_every_query_goes_through_the_forwarder(h: Harness, internet: FakeInternet) -> None:
+    """A resolver named by the sandbox itself is answered by the forwarder
+    too (so the answer opens the address); the forwarder's own port is not
+    reachable directly, from a sandbox with domain rules or without."""
+    ports = h.rt.network.domains.ports
+    assert ports is not None
+    sid = await boxed(h, internet, make_policy(True, ["web.test"], ["0.0.0.0/0"]))
+    plain = await h.create()
+    att = await h.rt.network.address(sid)
+    plain_att = await h.rt.network.address(plain)
+    assert att is not None and plain_att is not None
+    # OTHER runs a resolver too, but OTHER is closed in allow-list mode.
+    assert await h.out(sid, f"python3 -c '{QUERY}' {OTHER}:53 web.test") == WEB
+    assert await fetch(h, sid, f"tcp:{WEB}") == {f"tcp:{WEB}": True}
+    for box, gateway in ((sid, att.gateway), (plain, plain_att.gateway)):
+        out = await h.out(box, f"python3 -c '{QUERY}' {gateway}:{ports.dns} web.test")
+        assert out == "none"
+    for sandbox in (sid, plain):
+        await h.rt.destroy(sandbox)
