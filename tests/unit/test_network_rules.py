@@ -83,7 +83,7 @@ from sandbank.errors import RuntimeFailure
 from sandbank.protocol.network import NetworkPolicy, make_policy
 from sandbank.runtime.linux import netrules
 from sandbank.runtime.linux.netrules import Names
-from sandbank.runtime.linux.nft import Nft
+from sandbank.runtime.linux.nft import Nft, element_keys
 
 for nft in (Nft(), Nft(prefer_library=False)):
     names = Names("0123456789ab")
@@ -94,12 +94,12 @@ for nft in (Nft(), Nft(prefer_library=False)):
     nft.run_sync(netrules.replace_policy(names, make_policy(False), "192.0.2.53"))
     nft.run_sync(netrules.replace_policy(names, NetworkPolicy(), None))
     listing = nft.list_sync("map", family="inet", table=netrules.TABLE, name="egress")
-    assert names.veth in netrules.element_keys(listing, "map"), listing
+    assert names.veth in element_keys(listing, "map"), listing
     nft.run_sync(netrules.remove_sandbox(names))
     for kind, ident in netrules.sandbox_objects(names):
         assert nft.list_sync(kind, **ident) is None, (kind, ident)
     listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name="ifaces")
-    assert names.veth not in netrules.element_keys(listing, "set")
+    assert names.veth not in element_keys(listing, "set")
     nft.run_sync([{"delete": {"table": {"family": "inet", "name": netrules.TABLE}}}])
 print("applied")
 """

@@ -112,9 +112,10 @@ class Sandbox:
         Unset resources take the server's defaults. ``envs`` are set for every
         command run in it; ``metadata`` labels it for ``list`` filters.
         ``allow_internet_access=False`` gives it no egress at all; ``network``
-        is ``{"allow_out": [...], "deny_out": [...]}`` of IPv4 addresses and
-        CIDRs, where allow wins over deny (``deny_out=[ALL_TRAFFIC]`` plus
-        ``allow_out`` is an allow list).
+        is ``{"allow_out": [...], "deny_out": [...]}`` of IPv4 addresses,
+        CIDRs, domain names and ``*.example.com`` wildcards, where allow wins
+        over deny (``deny_out=[ALL_TRAFFIC]`` plus ``allow_out`` is an allow
+        list).
         """
         body: dict[str, Any] = {"template": template}
         optional: dict[str, Any] = {

@@ -402,25 +402,3 @@ def sandbox_objects(names: Names) -> list[tuple[str, dict[str, Any]]]:
 
 #: The shared sets and maps that hold one entry per sandbox interface.
 MAPS = (("set", "ifaces"), ("map", "egress"), ("map", "dnsmap"))
-
-
-def element_keys(listing: list[Command], kind: str) -> set[str]:
-    """Interface names in the ``list set``/``list map`` output of one of ``MAPS``."""
-    return set(element_comments(listing, kind))
-
-
-def element_comments(listing: list[Command], kind: str) -> dict[str, str | None]:
-    """Interface name -> element comment, of a ``list set``/``list map`` output."""
-    keys: dict[str, str | None] = {}
-    for item in listing:
-        body = item.get(kind)
-        if not isinstance(body, dict):
-            continue
-        for elem in body.get("elem") or []:
-            key = elem[0] if isinstance(elem, list) else elem
-            comment = None
-            if isinstance(key, dict) and isinstance(key.get("elem"), dict):
-                key, comment = key["elem"].get("val"), key["elem"].get("comment")
-            if isinstance(key, str):
-                keys[key] = comment
-    return keys

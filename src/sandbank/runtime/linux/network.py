@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import logging
@@ -44,7 +43,6 @@ import os
 import random
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,15 +53,15 @@ from sandbank.errors import InvalidState, RuntimeFailure
 from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.linux import netns, netrules, resolv
 from sandbank.runtime.linux.domainpolicy import DomainRules
+from sandbank.runtime.linux.netalloc import Attachment, HostLock, pick_slot, slot_addresses
 from sandbank.runtime.linux.netrules import Names
-from sandbank.runtime.linux.nft import Nft, NftError
+from sandbank.runtime.linux.nft import Nft, NftError, element_keys
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CIDR = "10.231.0.0/16"
 SANDBOX_IFNAME = "eth0"
 PREFIX = 30
-LOCK_FILE = Path("/run/sandbank/network.lock")
 _ENODEV = 19
 #: Written inside every sandbox's namespace before its link comes up.
 IPV6_OFF = {
@@ -86,34 +84,6 @@ async def _netlink(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
             return runner.run(work())
 
     return await asyncio.to_thread(run)
-
-
-@dataclass(frozen=True)
-class Attachment:
-    """A sandbox's addresses: its own, and the host side it routes (and resolves) through."""
-
-    address: str
-    gateway: str
-
-    def resolv_conf(self) -> str:
-        return f"# written by sandbank: DNS goes through the host\nnameserver {self.gateway}\n"
-
-
-def slot_addresses(cidr: ipaddress.IPv4Network, slot: int) -> Attachment:
-    base = int(cidr.network_address) + 4 * slot
-    return Attachment(
-        address=str(ipaddress.IPv4Address(base + 2)), gateway=str(ipaddress.IPv4Address(base + 1))
-    )
-
-
-def pick_slot(used: set[int], slots: int, start: int) -> int | None:
-    """The first free slot from ``start`` on, wrapping; a rotating start keeps a
-    just-freed address (and conntrack state about it) from being reused at once."""
-    for i in range(slots):
-        slot = (start + i) % slots
-        if slot not in used:
-            return slot
-    return None
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -229,7 +199,7 @@ class SandboxNetworks:
         await self.nft.run(netrules.add_sandbox(names, policy, self.resolver, ports, label))
         ns_fd = netns.open_netns(pid, start)
         try:
-            async with self._alloc, _HostLock():
+            async with self._alloc, HostLock():
                 att = await _netlink(lambda: self._make_link(sandbox_id, names, ns_fd))
         finally:
             os.close(ns_fd)
@@ -357,7 +327,7 @@ class SandboxNetworks:
             listing = await asyncio.to_thread(
                 nft.list_sync, kind, family=netrules.FAMILY, table=netrules.TABLE, name=name
             )
-            if listing is not None and names.veth in netrules.element_keys(listing, kind):
+            if listing is not None and names.veth in element_keys(listing, kind):
                 found.append(f"nft {kind} {name} element {names.veth}")
         return found
 
@@ -402,22 +372,3 @@ async def together(*steps: Awaitable[object]) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-
-class _HostLock:
-    """The host-wide lock on address allocation (an flock; taken off the event loop)."""
-
-    def __init__(self) -> None:
-        self._fd = -1
-
-    async def __aenter__(self) -> None:
-        LOCK_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            await asyncio.to_thread(fcntl.flock, self._fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(self._fd)
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        os.close(self._fd)  # closing releases the lock
