@@ -269,18 +269,24 @@ async def test_domain_rules_survive_a_restart(base_template: Path, internet: Fak
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
-#: Inside: one A query for argv[2] to argv[1] (host:port) over UDP; prints
-#: the answer's first address or "none".
+#: Inside: one A query for argv[2] to argv[1] (host:port) over UDP, or TCP
+#: if a third argument is given; prints the answer's address or "none".
 QUERY = r"""
 import socket, sys
 host, port = sys.argv[1].rsplit(":", 1)
 name = b"".join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split(".")) + b"\0"
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(1.5)
-s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\0\x01\0\x01",
-         (host, int(port)))
+query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\0\x01\0\x01"
 try:
-    reply = s.recv(512)
+    if len(sys.argv) > 3:  # over TCP
+        s = socket.create_connection((host, int(port)), timeout=1.5)
+        s.sendall(len(query).to_bytes(2, "big") + query)
+        reply = s.recv(2)
+        reply = s.recv(int.from_bytes(reply, "big"))
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(1.5)
+        s.sendto(query, (host, int(port)))
+        reply = s.recv(512)
     print(socket.inet_ntoa(reply[-4:]) if reply[7] else "none")
 except OSError:
     print("none")
@@ -301,6 +307,8 @@ async def test_every_query_goes_through_the_forwarder(h: Harness, internet: Fake
     # OTHER runs a resolver too, but OTHER is closed in allow-list mode.
     assert await h.out(sid, f"python3 -c '{QUERY}' {OTHER}:53 web.test") == WEB
     assert await fetch(h, sid, f"tcp:{WEB}") == {f"tcp:{WEB}": True}
+    # DNS over TCP is forwarded as well.
+    assert await h.out(sid, f"python3 -c '{QUERY}' {att.gateway}:53 api.wild.test tcp") == WILD
     for box, gateway in ((sid, att.gateway), (plain, plain_att.gateway)):
         out = await h.out(box, f"python3 -c '{QUERY}' {gateway}:{ports.dns} web.test")
         assert out == "none"

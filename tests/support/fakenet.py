@@ -8,7 +8,8 @@ service that answers with the address it was reached at, an HTTP server on
 port 80 and an HTTPS server on 443 (a certificate of the test's own CA, see
 ``ca_pem``) that answer with the Host (or SNI) they were asked for and the
 address they were reached at, plus a DNS server that answers A queries for
-the names in ``NAMES`` with their address and every other name with ``WEB``.
+the names in ``NAMES`` with their address and every other name with ``WEB``
+(over UDP and TCP).
 The host routes those ranges to it, as if they were out on the uplink.
 
 Everything it makes is removed by ``close``, also after a failed ``open``.
@@ -68,22 +69,33 @@ def qname(query):
         pos += 1 + query[pos]
     return ".".join(labels), pos + 1
 
+def respond(query, names):
+    name, end = qname(query)
+    qtype = query[end : end + 2]
+    end += 4
+    head = query[:2] + b"\x81\x80" + query[4:6]
+    if qtype != b"\0\x01":  # not A: no records
+        return head + b"\0\0\0\0\0\0" + query[12:end]
+    answer = socket.inet_aton(names.get(name, sys.argv[2]))
+    record = b"\xc0\x0c\0\x01\0\x01" + struct.pack("!I", int(sys.argv[4])) + b"\0\x04"
+    return head + b"\0\x01\0\0\0\0" + query[12:end] + record + answer
+
 def dns():
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("0.0.0.0", 53))
     names = json.loads(sys.argv[3])
     while True:
         query, peer = sock.recvfrom(512)
-        name, end = qname(query)
-        qtype = query[end : end + 2]
-        end += 4
-        head = query[:2] + b"\x81\x80" + query[4:6]
-        if qtype != b"\0\x01":  # not A: no records
-            sock.sendto(head + b"\0\0\0\0\0\0" + query[12:end], peer)
-            continue
-        answer = socket.inet_aton(names.get(name, sys.argv[2]))
-        record = b"\xc0\x0c\0\x01\0\x01" + struct.pack("!I", int(sys.argv[4])) + b"\0\x04"
-        sock.sendto(head + b"\0\x01\0\0\0\0" + query[12:end] + record + answer, peer)
+        sock.sendto(respond(query, names), peer)
+
+class DnsOverTcp(socketserver.BaseRequestHandler):
+    def handle(self):
+        size = struct.unpack("!H", self.request.recv(2))[0]
+        query = b""
+        while len(query) < size:
+            query += self.request.recv(size - len(query))
+        reply = respond(query, json.loads(sys.argv[3]))
+        self.request.sendall(struct.pack("!H", len(reply)) + reply)
 
 class Web(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -119,6 +131,7 @@ def https(cert, key):
     TLS(("0.0.0.0", 443), Web).serve_forever()
 
 threading.Thread(target=dns, daemon=True).start()
+threading.Thread(target=TCP(("0.0.0.0", 53), DnsOverTcp).serve_forever, daemon=True).start()
 threading.Thread(target=WebServer(("0.0.0.0", 80), Web).serve_forever, daemon=True).start()
 threading.Thread(target=https, args=(sys.argv[5], sys.argv[6]), daemon=True).start()
 TCP(("0.0.0.0", int(sys.argv[1])), Echo).serve_forever()
