@@ -47,14 +47,14 @@ def fetch(target):
     name, _, address = rest.partition("@")
     try:
         if scheme == "tcp":
-            with socket.create_connection((name, ECHO_PORT), timeout=2) as s:
-                s.settimeout(2)
+            with socket.create_connection((name, ECHO_PORT), timeout=4) as s:
+                s.settimeout(4)
                 out[target] = "ok " + s.recv(100).decode().strip()
             return
         host = address or socket.gethostbyname(name)
         port = 443 if scheme == "https" else 80
-        with socket.create_connection((host, port), timeout=2) as s:
-            s.settimeout(2)
+        with socket.create_connection((host, port), timeout=4) as s:
+            s.settimeout(4)
             if scheme == "https":
                 s = ctx.wrap_socket(s, server_hostname=name)
             s.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())

@@ -141,6 +141,14 @@ def test_rules_of_a_domain_policy() -> None:
     assert NAMES.resolved_allow_set in text and "'timeout'" in text
     with pytest.raises(ValueError, match="forwarder"):
         netrules.add_sandbox(NAMES, ALLOW_LIST, "192.0.2.53", None)
+    # Input lets in redirected traffic only to the ports servers listed.
+    (accept,) = [
+        c for c in netrules.base_table() if "rule" in c.get("add", {}) and "dnat" in str(c)
+    ]
+    assert "@hostports" in str(accept) and "input" in str(accept)
+    assert netrules.host_ports(DomainPorts(5300, 8443), add=False)[0]["delete"]["element"][
+        "elem"
+    ] == [5300, 8443]
     refresh = netrules.refresh_resolved(NAMES, {"198.51.100.10": 60}, {})
     assert refresh[-1]["add"]["element"]["elem"] == [
         {"elem": {"val": "198.51.100.10", "timeout": 60}}

@@ -46,10 +46,15 @@ class DomainRules:
         self.forwarder = DnsForwarder(self.book, resolver, self.publish)
         await self.forwarder.start()
         await self.proxy.start()
+        assert self.ports is not None
+        await self.nft.run(netrules.host_ports(self.ports, add=True))
         log.info("domain rules: DNS forwarder on port %d, proxy on %d",
                  self.forwarder.port, self.proxy.port)  # fmt: skip
 
     async def close(self) -> None:
+        if self.ports is not None:
+            with contextlib.suppress(NftError):
+                await self.nft.run(netrules.host_ports(self.ports, add=False))
         if self.forwarder is not None:
             await self.forwarder.close()
         await self.proxy.close()

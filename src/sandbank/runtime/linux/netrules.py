@@ -18,7 +18,8 @@ maps keyed by the sandbox's host-side interface name:
   sandbox whose policy names domains instead: every DNS query redirected to
   the server's forwarder, and TCP to ports 80 and 443 to its name-checking
   proxy (see ``dnsforward`` and ``sniproxy``), which the input chain lets in
-  (``ct status dnat``: only these redirects make it);
+  (``ct status dnat`` to a port in ``hostports``, where each server lists
+  the ports of its own forwarder and proxy while it runs);
 
 What leaves a sandbox interface is masqueraded behind the host's outgoing
 address (``iifname`` is known in postrouting for forwarded packets).
@@ -124,6 +125,10 @@ def _daddr() -> dict[str, Any]:
     return {"payload": {"protocol": "ip", "field": "daddr"}}
 
 
+def _dport(proto: str = "th") -> dict[str, Any]:
+    return {"payload": {"protocol": proto, "field": "dport"}}
+
+
 _IIF = _meta("iifname")
 _OIF = _meta("oifname")
 _ACCEPT: Command = {"accept": None}
@@ -168,6 +173,7 @@ def base_table() -> list[Command]:
         {"add": {"set": _obj(name="ifaces", type="ifname")}},
         {"add": {"map": _obj(name="egress", type="ifname", map="verdict")}},
         {"add": {"map": _obj(name="dnsmap", type="ifname", map="verdict")}},
+        {"add": {"set": _obj(name="hostports", type="inet_service")}},
         {
             "add": {
                 "set": _obj(
@@ -187,8 +193,16 @@ def base_table() -> list[Command]:
         _rule("input", in_sandbox, _ESTABLISHED, _ACCEPT),
         # The DNS forwarder and the proxy know a sandbox by its source address.
         _rule("input", in_sandbox, _match(_RPF, False), _DROP),
-        # Only the sandbox's own redirects (to the forwarder and the proxy) are DNAT.
-        _rule("input", in_sandbox, _match({"ct": {"key": "status"}}, "dnat", op="in"), _ACCEPT),
+        # The sandbox's own redirects to a forwarder or proxy (not whatever
+        # else a host NAT rule might redirect to a local service).
+        _rule(
+            "input",
+            in_sandbox,
+            _match({"ct": {"key": "status"}}, "dnat", op="in"),
+            _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
+            _match(_dport(), "@hostports"),
+            _ACCEPT,
+        ),
         _rule("input", in_sandbox, _DROP),
         # Into a sandbox: only replies; nobody, another sandbox included, opens one.
         _rule("forward", to_sandbox, _ESTABLISHED, _ACCEPT),
@@ -205,10 +219,6 @@ def base_table() -> list[Command]:
         _rule("postrouting", in_sandbox, {"masquerade": None}),
     ]
     return cmds
-
-
-def _dport(proto: str = "th") -> dict[str, Any]:
-    return {"payload": {"protocol": proto, "field": "dport"}}
 
 
 def _policy_rules(names: Names, policy: NetworkPolicy, resolver: str | None) -> list[Command]:
@@ -384,6 +394,12 @@ def remove_sandbox(names: Names) -> list[Command]:
         *({"delete": {"chain": _obj(name=c)}} for c in (names.chain, names.dns_chain)),
         *({"delete": {"set": _obj(name=s)}} for s in names.sets),
     ]
+
+
+def host_ports(ports: DomainPorts, add: bool) -> list[Command]:
+    """List (or unlist) a server's forwarder and proxy ports in ``hostports``."""
+    elem = _obj(name="hostports", elem=[ports.dns, ports.proxy])
+    return [{"add" if add else "delete": {"element": elem}}]
 
 
 def remove_element(names: Names, container: str) -> Command:
