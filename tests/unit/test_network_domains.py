@@ -4,6 +4,8 @@ connection, and reading the name out of TLS and HTTP."""
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
+from typing import cast
 
 import pytest
 from dnslib import CNAME, QTYPE, RCODE, RR, A, DNSRecord
@@ -11,8 +13,10 @@ from dnslib import CNAME, QTYPE, RCODE, RR, A, DNSRecord
 from sandbank.protocol.network import NetworkPolicy, make_policy
 from sandbank.runtime.linux import domains, netrules
 from sandbank.runtime.linux.dnsforward import learn, refusal
+from sandbank.runtime.linux.domainpolicy import DomainRules
 from sandbank.runtime.linux.domains import DomainBook, SandboxDomains
 from sandbank.runtime.linux.netrules import DomainPorts, Names
+from sandbank.runtime.linux.nft import Nft
 from sandbank.runtime.linux.sniproxy import NeedMore, http_host, requested_name
 
 NAMES = Names("0123456789ab")
@@ -153,3 +157,20 @@ def test_rules_of_a_domain_policy() -> None:
     assert refresh[-1]["add"]["element"]["elem"] == [
         {"elem": {"val": "198.51.100.10", "timeout": 60}}
     ]
+
+
+def test_stored_policies_and_rollback(tmp_path: Path) -> None:
+    rules = DomainRules(cast(Nft, None), tmp_path, ["10.231.0.0/16"])
+    rules.register("sb1", NAMES, "10.231.0.2", ALLOW_LIST)
+    assert rules.stored() == {"sb1": ALLOW_LIST}
+    before = rules.book.get("sb1")
+    # A change to a policy without domains that the kernel then refused.
+    rules.forget("sb1")
+    assert rules.stored() == {} and rules.leftovers("sb1") == []
+    rules.rollback("sb1", before, ALLOW_LIST)
+    assert rules.stored() == {"sb1": ALLOW_LIST}
+    entry = rules.book.by_address("10.231.0.2")
+    assert entry is not None and entry.policy == ALLOW_LIST
+    assert rules.leftovers("sb1")  # the resolver entry and the stored policy
+    rules.rollback("sb1", None, None)
+    assert rules.leftovers("sb1") == []

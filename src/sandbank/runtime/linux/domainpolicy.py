@@ -74,6 +74,16 @@ class DomainRules:
         self._store(sandbox_id, policy)
         return entry.elements()
 
+    def rollback(
+        self, sandbox_id: str, before: SandboxDomains | None, previous: NetworkPolicy | None
+    ) -> None:
+        """Back to the registration ``before`` a failed change, with its
+        ``previous`` policy (None, None: it was not registered)."""
+        if before is None or previous is None:
+            self.forget(sandbox_id)
+        else:
+            self.register(sandbox_id, before.names, before.address, previous)
+
     def forget(self, sandbox_id: str) -> None:
         self.book.drop(sandbox_id)
         self._locks.pop(sandbox_id, None)

@@ -261,6 +261,8 @@ class SandboxNetworks:
         re-classified under the new domain rules in the same transaction."""
         names = self.names(sandbox_id)
         resolved: tuple[netrules.Resolved, netrules.Resolved] = ({}, {})
+        before = self.domains.book.get(sandbox_id)
+        previous = before.policy if before is not None else None
         if policy.has_domains:
             att = await self.address(sandbox_id)
             if att is None:
@@ -275,6 +277,8 @@ class SandboxNetworks:
             )
             self.domains.published(sandbox_id, resolved)
         except NftError as exc:
+            # The kernel kept the old policy: so does the book.
+            self.domains.rollback(sandbox_id, before, previous)
             if "No such file or directory" in str(exc):
                 raise InvalidState(
                     f"sandbox {sandbox_id} has no network to set a policy on"
