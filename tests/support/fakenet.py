@@ -47,6 +47,46 @@ NAMES = {
 }
 DNS_TTL = 60
 
+#: Run inside a sandbox: ``python3 -c FETCH CA_FILE TARGET...`` fetches every
+#: target at once; a target is ``scheme:name`` (resolved by the sandbox),
+#: ``scheme:name@address`` (that name sent to that address), or
+#: ``tcp:address`` (the echo service).
+#: Prints {target: "ok <first line>" | "fail <error>"}.
+FETCH = r"""
+import json, socket, ssl, sys, threading
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+out = {}
+def fetch(target):
+    scheme, rest = target.split(":", 1)
+    name, _, address = rest.partition("@")
+    try:
+        if scheme == "tcp":
+            with socket.create_connection((name, ECHO_PORT), timeout=4) as s:
+                s.settimeout(4)
+                out[target] = "ok " + s.recv(100).decode().strip()
+            return
+        host = address or socket.gethostbyname(name)
+        port = 443 if scheme == "https" else 80
+        with socket.create_connection((host, port), timeout=4) as s:
+            s.settimeout(4)
+            if scheme == "https":
+                s = ctx.wrap_socket(s, server_hostname=name)
+            s.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.0 200"):
+            raise OSError("no answer")
+        out[target] = "ok " + body.decode().strip()
+    except Exception as exc:
+        out[target] = "fail " + type(exc).__name__
+threads = [threading.Thread(target=fetch, args=(t,)) for t in sys.argv[2:]]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(out))
+""".replace("ECHO_PORT", str(PORT))
+
 #: Every FakeInternet this process opened (the leak check asks each).
 OPENED: list[FakeInternet] = []
 
