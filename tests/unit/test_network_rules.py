@@ -93,6 +93,21 @@ for nft in (Nft(), Nft(prefer_library=False)):
                                       "192.0.2.53"))
     nft.run_sync(netrules.replace_policy(names, make_policy(False), "192.0.2.53"))
     nft.run_sync(netrules.replace_policy(names, NetworkPolicy(), None))
+    # Domain rules: redirects, timeout sets, a labelled member, listed ports.
+    ports = netrules.DomainPorts(5300, 8443)
+    domains = make_policy(True, ["web.test"], ["0.0.0.0/0", "*.bad.test"])
+    other = Names("ba9876543210")
+    nft.run_sync(netrules.add_sandbox(other, domains, "192.0.2.53", ports, "sandbank:x:y"))
+    nft.run_sync(netrules.host_ports(ports, add=True))
+    nft.run_sync(netrules.add_resolved(other, {"198.51.100.10": 60}, {"203.0.113.9": 30}))
+    nft.run_sync(netrules.refresh_resolved(other, {"198.51.100.11": 60}, {}))
+    nft.run_sync(netrules.replace_policy(other, domains, None, ports, ({"1.2.3.4": 9}, {})))
+    resolved_set = other.resolved_allow_set
+    listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name=resolved_set)
+    assert "1.2.3.4" in str(listing) and "198.51.100.11" not in str(listing), listing
+    nft.run_sync(netrules.replace_policy(other, NetworkPolicy(), "192.0.2.53", ports))
+    nft.run_sync(netrules.host_ports(ports, add=False))
+    nft.run_sync(netrules.remove_sandbox(other))
     listing = nft.list_sync("map", family="inet", table=netrules.TABLE, name="egress")
     assert names.veth in element_keys(listing, "map"), listing
     nft.run_sync(netrules.remove_sandbox(names))
