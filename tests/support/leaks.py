@@ -68,7 +68,12 @@ def _instances(data_dirs: set[Path]) -> dict[str, Path]:
 
 
 def _run_json(*argv: str) -> object:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    """The JSON a command prints; None if it fails or is not installed (then
+    there is nothing of its kind to leak either)."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    except FileNotFoundError:
+        return None
     return json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else None
 
 
