@@ -38,7 +38,7 @@ class DomainRules:
         self.forwarder: DnsForwarder | None = None
         self.proxy = SniProxy(self.book, forbidden)
         self._locks: dict[str, asyncio.Lock] = {}
-        #: Does adding an element again update its timeout (kernel >= 6.10)?
+        #: Does adding an element again update its timeout (recent kernels)?
         self.timeout_updates = False
 
     async def start(self, resolver: str | None) -> None:

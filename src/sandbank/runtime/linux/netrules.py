@@ -304,7 +304,7 @@ def resolved_elements(names: Names, allowed: Resolved, denied: Resolved) -> list
 
 
 def add_resolved(names: Names, allowed: Resolved, denied: Resolved) -> list[Command]:
-    """Add elements, or give existing ones the new timeout (kernels since 6.10
+    """Add elements, or give existing ones the new timeout (recent kernels
     update an element's timeout when it is added again); removes nothing, so
     the kernel waits for no RCU grace period (a flush costs ~10 ms)."""
     return resolved_elements(names, allowed, denied)
