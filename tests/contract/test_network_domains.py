@@ -72,10 +72,14 @@ async def boxed(h: Harness, internet: FakeInternet, policy: NetworkPolicy) -> st
     return sid
 
 
-async def fetch(h: Harness, sid: str, *targets: str) -> dict[str, bool]:
+async def fetch_raw(h: Harness, sid: str, *targets: str) -> dict[str, str]:
     out = await h.out(sid, f"python3 -c '{FETCH}' {CA} {' '.join(targets)}")
     results: dict[str, str] = json.loads(out)
-    return {t: r.startswith("ok") for t, r in results.items()}
+    return results
+
+
+async def fetch(h: Harness, sid: str, *targets: str) -> dict[str, bool]:
+    return {t: r.startswith("ok") for t, r in (await fetch_raw(h, sid, *targets)).items()}
 
 
 async def test_allow_list_of_domains_http_https_wildcard(
@@ -97,6 +101,11 @@ async def test_allow_list_of_domains_http_https_wildcard(
         "https:other.test": False, "http:shared.test": False, "https:shared.test": False,
         "http:wild.test": False, f"https:web.test@{OTHER}": False,
     }  # fmt: skip
+    # Through the proxy, to the right host, which saw the name asked for.
+    assert await fetch_raw(h, sid, "https:api.wild.test", "http:web.test") == {
+        "https:api.wild.test": f"ok api.wild.test at {WILD}",
+        "http:web.test": f"ok web.test at {WEB}",
+    }
     # Other ports go by address: the ones allowed names resolved to.
     got = await fetch(h, sid, f"tcp:{WEB}", f"tcp:{WILD}", f"tcp:{OTHER}")
     assert got == {f"tcp:{WEB}": True, f"tcp:{WILD}": True, f"tcp:{OTHER}": False}
