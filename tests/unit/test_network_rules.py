@@ -79,10 +79,12 @@ def test_resolvers_skip_loopback_stubs(tmp_path: Path) -> None:
 
 
 APPLY = """
+import socket
 from sandbank.errors import RuntimeFailure
 from sandbank.protocol.network import NetworkPolicy, make_policy
 from sandbank.runtime.linux import netrules
 from sandbank.runtime.linux.netrules import Names
+from sandbank.runtime.linux.domainpolicy import DomainRules
 from sandbank.runtime.linux.nft import Nft, element_keys
 
 for nft in (Nft(), Nft(prefer_library=False)):
@@ -108,6 +110,14 @@ for nft in (Nft(), Nft(prefer_library=False)):
     nft.run_sync(netrules.replace_policy(other, NetworkPolicy(), "192.0.2.53", ports))
     nft.run_sync(netrules.host_ports(ports, add=False))
     nft.run_sync(netrules.remove_sandbox(other))
+    # Ports nobody listens on (a server that died) are unlisted at start.
+    live = socket.create_server(("0.0.0.0", 0))
+    port = live.getsockname()[1]
+    nft.run_sync(netrules.host_ports(netrules.DomainPorts(port, 1), add=True))
+    DomainRules(nft, None, [])._prune_host_ports()
+    listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name="hostports")
+    assert [e for i in listing for e in i.get("set", {}).get("elem", [])] == [port], listing
+    live.close()
     listing = nft.list_sync("map", family="inet", table=netrules.TABLE, name="egress")
     assert names.veth in element_keys(listing, "map"), listing
     nft.run_sync(netrules.remove_sandbox(names))

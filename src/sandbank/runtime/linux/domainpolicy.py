@@ -48,6 +48,7 @@ class DomainRules:
         await self.proxy.start()
         assert self.ports is not None
         await self.nft.run(netrules.host_ports(self.ports, add=True))
+        await asyncio.to_thread(self._prune_host_ports)
         log.info("domain rules: DNS forwarder on port %d, proxy on %d",
                  self.forwarder.port, self.proxy.port)  # fmt: skip
 
@@ -114,6 +115,25 @@ class DomainRules:
         if entry is not None:
             entry.published(resolved[0], resolved[1], whole=True)
 
+    def _prune_host_ports(self) -> None:
+        """Unlist the ports of servers that died without closing: a live one
+        listens on its ports before it lists them."""
+        listing = self.nft.list_sync(
+            "set", family=netrules.FAMILY, table=netrules.TABLE, name="hostports"
+        )
+        listed = {
+            e
+            for item in listing or []
+            for e in (item.get("set") or {}).get("elem") or []
+            if isinstance(e, int)
+        }
+        stale = sorted(listed - _listening_tcp_ports())
+        if stale:
+            elem = {"family": netrules.FAMILY, "table": netrules.TABLE, "name": "hostports"}
+            with contextlib.suppress(NftError):  # another server pruned them first
+                self.nft.run_sync([{"delete": {"element": {**elem, "elem": stale}}}])
+            log.info("unlisted the DNS forwarder/proxy ports of dead servers: %s", stale)
+
     def _probe_timeout_update(self) -> bool:
         """Add an element twice, with a short then a long timeout, to a
         throwaway set of the table, and see which the kernel kept."""
@@ -174,3 +194,15 @@ class DomainRules:
         if self.state_dir is not None and (self.state_dir / f"{sandbox_id}.json").exists():
             found.append(f"stored network policy {self.state_dir / sandbox_id}.json")
         return found
+
+
+def _listening_tcp_ports(tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6")) -> set[int]:
+    """Local ports of the host's listening TCP sockets (state 0A)."""
+    ports: set[int] = set()
+    for table in tables:
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if len(fields) > 3 and fields[3] == "0A":
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
