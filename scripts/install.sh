@@ -15,8 +15,8 @@ fi
 
 apt_packages=(runc debootstrap e2fsprogs util-linux mount iproute2 nftables procps python3 python3-venv python3-dev gcc skopeo umoci)
 case "$profile" in
-  test) apt_packages+=(tmux apt-utils) ;;
-  bench) apt_packages+=(podman) ;;
+  test) apt_packages+=(tmux apt-utils openssl) ;;   # openssl: the fake internet's test CA
+  bench) apt_packages+=(podman openssl) ;;
 esac
 
 missing=()

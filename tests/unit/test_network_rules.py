@@ -79,11 +79,13 @@ def test_resolvers_skip_loopback_stubs(tmp_path: Path) -> None:
 
 
 APPLY = """
+import socket
 from sandbank.errors import RuntimeFailure
 from sandbank.protocol.network import NetworkPolicy, make_policy
 from sandbank.runtime.linux import netrules
 from sandbank.runtime.linux.netrules import Names
-from sandbank.runtime.linux.nft import Nft
+from sandbank.runtime.linux.domainpolicy import DomainRules
+from sandbank.runtime.linux.nft import Nft, element_keys
 
 for nft in (Nft(), Nft(prefer_library=False)):
     names = Names("0123456789ab")
@@ -93,14 +95,37 @@ for nft in (Nft(), Nft(prefer_library=False)):
                                       "192.0.2.53"))
     nft.run_sync(netrules.replace_policy(names, make_policy(False), "192.0.2.53"))
     nft.run_sync(netrules.replace_policy(names, NetworkPolicy(), None))
-    listing = nft.list_sync("map", family="inet", table="sandbank", name="egress")
-    assert names.veth in netrules.element_keys(listing, "map"), listing
+    # Domain rules: redirects, timeout sets, a labelled member, listed ports.
+    ports = netrules.DomainPorts(5300, 8443)
+    domains = make_policy(True, ["web.test"], ["0.0.0.0/0", "*.bad.test"])
+    other = Names("ba9876543210")
+    nft.run_sync(netrules.add_sandbox(other, domains, "192.0.2.53", ports, "sandbank:x:y"))
+    nft.run_sync(netrules.host_ports(ports, add=True))
+    nft.run_sync(netrules.add_resolved(other, {"198.51.100.10": 60}, {"203.0.113.9": 30}))
+    nft.run_sync(netrules.refresh_resolved(other, {"198.51.100.11": 60}, {}))
+    nft.run_sync(netrules.replace_policy(other, domains, None, ports, ({"1.2.3.4": 9}, {})))
+    resolved_set = other.resolved_allow_set
+    listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name=resolved_set)
+    assert "1.2.3.4" in str(listing) and "198.51.100.11" not in str(listing), listing
+    nft.run_sync(netrules.replace_policy(other, NetworkPolicy(), "192.0.2.53", ports))
+    nft.run_sync(netrules.host_ports(ports, add=False))
+    nft.run_sync(netrules.remove_sandbox(other))
+    # Ports nobody listens on (a server that died) are unlisted at start.
+    live = socket.create_server(("0.0.0.0", 0))
+    port = live.getsockname()[1]
+    nft.run_sync(netrules.host_ports(netrules.DomainPorts(port, 1), add=True))
+    DomainRules(nft, None, [])._prune_host_ports()
+    listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name="hostports")
+    assert [e for i in listing for e in i.get("set", {}).get("elem", [])] == [port], listing
+    live.close()
+    listing = nft.list_sync("map", family="inet", table=netrules.TABLE, name="egress")
+    assert names.veth in element_keys(listing, "map"), listing
     nft.run_sync(netrules.remove_sandbox(names))
     for kind, ident in netrules.sandbox_objects(names):
         assert nft.list_sync(kind, **ident) is None, (kind, ident)
-    listing = nft.list_sync("set", family="inet", table="sandbank", name="ifaces")
-    assert names.veth not in netrules.element_keys(listing, "set")
-    nft.run_sync([{"delete": {"table": {"family": "inet", "name": "sandbank"}}}])
+    listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name="ifaces")
+    assert names.veth not in element_keys(listing, "set")
+    nft.run_sync([{"delete": {"table": {"family": "inet", "name": netrules.TABLE}}}])
 print("applied")
 """
 

@@ -303,6 +303,20 @@ def resume(
     _render.sandbox_or_json(details, as_json)
 
 
+@app.command("open")
+def open_port(
+    ctx: typer.Context,
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID")],
+    port: Annotated[int, typer.Argument(min=1, max=65535)],
+    by_host: Annotated[
+        bool, typer.Option("--host", help="the {port}-{id}.localhost form (its own origin)")
+    ] = False,
+) -> None:
+    """Print the preview URL (token included) of TCP PORT inside a sandbox."""
+    with _options(ctx).sandbox(sandbox_id) as sandbox:
+        typer.echo(sandbox.preview_url(port, by_host=by_host))
+
+
 @app.command()
 def metrics(
     ctx: typer.Context,

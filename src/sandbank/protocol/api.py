@@ -43,8 +43,9 @@ def _check_env(env: dict[str, str] | None) -> dict[str, str] | None:
 
 
 class NetworkBody(Strict):
-    """Egress lists: IPv4 addresses or CIDRs (``0.0.0.0/0`` is all traffic);
-    ``allow_out`` wins over ``deny_out``. See ``sandbank.protocol.network``."""
+    """Egress lists: IPv4 addresses, CIDRs (``0.0.0.0/0`` is all traffic),
+    domain names or ``*.`` wildcards; ``allow_out`` wins over ``deny_out``.
+    See ``sandbank.protocol.network``."""
 
     allow_out: list[str] | None = None
     deny_out: list[str] | None = None

@@ -116,12 +116,13 @@ class AsyncSandbox:
         Unset resources take the server's defaults. ``envs`` are set for every
         command run in it; ``metadata`` labels it for ``list`` filters.
         ``allow_internet_access=False`` gives it no egress at all; ``network``
-        is ``{"allow_out": [...], "deny_out": [...]}`` of IPv4 addresses and
-        CIDRs, where allow wins over deny (``deny_out=[ALL_TRAFFIC]`` plus
-        ``allow_out`` is an allow list). ``snapshot`` (id or name) starts it on a
-        copy of that snapshot's disk. ``idle_timeout`` seconds without any
-        operation on it lead to ``on_timeout`` (``kill`` or ``pause``);
-        ``auto_resume`` makes calls on a paused sandbox resume it.
+        is ``{"allow_out": [...], "deny_out": [...]}`` of IPv4 addresses,
+        CIDRs, domain names and ``*.example.com`` wildcards, where allow wins
+        over deny (``deny_out=[ALL_TRAFFIC]`` plus ``allow_out`` is an allow
+        list). ``snapshot`` (id or name) starts it on a copy of that snapshot's
+        disk. ``idle_timeout`` seconds without any operation on it lead to
+        ``on_timeout`` (``kill`` or ``pause``); ``auto_resume`` makes calls on a
+        paused sandbox resume it.
         """
         body: dict[str, Any] = {"template": template}
         optional: dict[str, Any] = {
@@ -321,6 +322,13 @@ class AsyncSandbox:
         data = await self._connection.request_json("GET", f"{self._path}/preview")
         template: str = data["host_url" if by_host else "url"]
         return template.replace("{port}", str(int(port)))
+
+    async def get_host(self, port: int) -> str:
+        """E2B's ``get_host``: the ``{port}-{id}.localhost[:server port]`` host
+        that reaches ``port`` (no scheme, no token: a request to it needs the
+        preview token, see ``preview_url``)."""
+        url = await self.preview_url(port, by_host=True)
+        return url.partition("://")[2].partition("/")[0]
 
     async def is_running(self) -> bool:
         try:

@@ -112,7 +112,10 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps):
         )
         self._channels: dict[str, AgentClient] = {}
         self._usage = UsageReader()
-        self.network = network.SandboxNetworks(str(self.data_dir), network_cidr, list(network_dns))
+        self.network = network.SandboxNetworks(
+            str(self.data_dir), network_cidr, list(network_dns),
+            state_dir=self.data_dir / "network",
+        )  # fmt: skip
         self._cpus = customize.CpuSpread([])
         #: Seconds per create phase, by sandbox id (for benchmarks and the debug log).
         self.timings: dict[str, dict[str, float]] = {}
@@ -173,6 +176,7 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps):
     async def close(self) -> None:
         # Sandboxes keep running: they outlive the server by design.
         await self.pool.close()
+        await self.network.close()
 
     @property
     def ocicli(self) -> OciCli:
