@@ -27,6 +27,9 @@ Operations:
 ``mkdir``  {path, user} -> ok+created+entry
 ``remove`` {path, recursive} -> ok
 ``hostname`` {name} -> ok (/etc/hostname and the ``127.0.1.1`` line of /etc/hosts)
+``park`` -> ok {listen_fd, wake_fd, pipe} (before a checkpoint: the listening socket
+  is replaced by a pipe; a byte written to ``wake_fd`` makes the agent fetch a new
+  one from ``HANDOFF_NAME`` in its run dir; see agent/parking.py)
 
 Background processes (they outlive every connection, the server's included):
 
@@ -126,6 +129,8 @@ CHUNK = 256 * 1024
 #: Inside the sandbox: where the agent listens and where its code is mounted.
 SOCKET_DIR = "/run/sandbank"
 SOCKET_NAME = "agent.sock"
+#: Where the runtime offers a parked agent its new listening socket.
+HANDOFF_NAME = "handoff.sock"
 AGENT_LIB = "/opt/sandbank/lib"
 
 

@@ -42,6 +42,7 @@ from sandbank.runtime.linux import (
 )
 from sandbank.runtime.linux.accounting import UsageReader
 from sandbank.runtime.linux.cgroups import Cgroup, CgroupLayout, Limits, make_room
+from sandbank.runtime.linux.checkpoint_flow import Checkpointer
 from sandbank.runtime.linux.layout import (
     MAX_SOCKET_PATH,
     SandboxDir,
@@ -82,6 +83,7 @@ class LinuxRuntime:
         ready_timeout: float = 20.0,
         network_cidr: str = network.DEFAULT_CIDR,
         network_dns: Iterable[str] = (),
+        criu_binary: str | None = None,
     ) -> None:
         """``template_seed``: an unshifted debootstrap of the recipe's packages to
         build from instead of downloading (offline hosts, tests).
@@ -111,6 +113,7 @@ class LinuxRuntime:
         self._usage = UsageReader()
         self.network = network.SandboxNetworks(str(self.data_dir), network_cidr, list(network_dns))
         self._cpus = customize.CpuSpread([])
+        self.checkpoints = Checkpointer(self, criu_binary)
         #: Seconds per create phase, by sandbox id (for benchmarks and the debug log).
         self.timings: dict[str, dict[str, float]] = {}
 
@@ -127,6 +130,7 @@ class LinuxRuntime:
             disk_pool_sizes=(getattr(settings, "disk_gb_default", 1),),
             network_cidr=getattr(settings, "network_cidr", network.DEFAULT_CIDR),
             network_dns=getattr(settings, "network_dns", None) or (),
+            criu_binary=getattr(settings, "criu_binary", None),
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -158,6 +162,7 @@ class LinuxRuntime:
         await asyncio.to_thread(agentlib.assemble, self.agent_lib)
         self.pool.start()
         await self.network.start()
+        await self.checkpoints.start()
         log.info(
             "linux runtime: %s, cgroup v%d%s under %s",
             binary, self.layout.version, " (hybrid)" if self.layout.hybrid else "",
@@ -404,6 +409,22 @@ class LinuxRuntime:
                 cgroup.thaw()
             except OSError as exc:
                 raise RuntimeFailure(f"could not resume sandbox {sandbox_id}: {exc}") from exc
+
+    # -- checkpoints (checkpoint_flow.py) -------------------------------------------
+
+    async def checkpoint(self, sandbox_id: str, *, leave_running: bool = False) -> str:
+        return await self.checkpoints.checkpoint(sandbox_id, leave_running=leave_running)
+
+    async def restore(
+        self, sandbox_id: str, image: str, *, network: NetworkPolicy | None = None
+    ) -> None:
+        await self.checkpoints.restore(sandbox_id, image, network=network)
+
+    async def discard_checkpoint(self, image: str) -> None:
+        await self.checkpoints.discard(image)
+
+    def checkpoint_problem(self) -> str | None:
+        return self.checkpoints.problem
 
     async def endpoint(self, sandbox_id: str, port: int) -> tuple[str, int]:
         att = await self.network.address(check_id(sandbox_id))

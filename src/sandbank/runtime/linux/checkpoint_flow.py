@@ -1,0 +1,189 @@
+"""Hibernate, wake and fork for the Linux driver, on top of checkpoint.py.
+
+* ``checkpoint(id, leave_running=False)``: hibernation. The container is
+  gone afterwards (no process, no memory, no cgroup, no network link); its
+  disk and root file system stay mounted and the images wait in
+  ``<box>/hibernated``. A failed dump leaves the sandbox running as it was.
+* ``checkpoint(id, leave_running=True)``: the source of a fork. Its disk
+  image is copied (frozen for the copy) next to the images; it keeps running.
+* ``restore(id, image)``: the source's id wakes it in place; another id
+  makes a new sandbox from the images, with its own copy of the disk, cgroup,
+  network link and address, and agent socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sandbank.errors import (
+    CheckpointUnsupported,
+    InvalidState,
+    RuntimeFailure,
+    SandboxNotFound,
+)
+from sandbank.protocol.agent import SOCKET_DIR
+from sandbank.protocol.network import NetworkPolicy
+from sandbank.runtime.agent_client import AgentClient
+from sandbank.runtime.linux import checkpoint, criu, fsflags, rootfs, teardown
+from sandbank.runtime.linux.layout import SandboxDir, SandboxRecord, check_id
+
+if TYPE_CHECKING:
+    from sandbank.runtime.linux.driver import LinuxRuntime
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    def __init__(self, rt: LinuxRuntime, criu_binary: str | None = None) -> None:
+        self.rt = rt
+        self.configured = criu_binary
+        self.criu = criu.Criu(None, "the runtime is not started")
+
+    async def start(self) -> None:
+        self.criu = await criu.detect(self.configured)
+        if self.criu.usable:
+            log.info("checkpoints: %s", self.criu.binary)
+        else:
+            log.warning("checkpoints (hibernate, fork) unavailable: %s", self.criu.problem)
+
+    @property
+    def problem(self) -> str | None:
+        return self.criu.problem
+
+    def _binary(self) -> str:
+        if not self.criu.usable or self.criu.binary is None:
+            raise CheckpointUnsupported(
+                f"checkpoints are not available on this host: {self.criu.problem}"
+            )
+        return self.criu.binary
+
+    def hibernated(self, sandbox_id: str) -> Path | None:
+        images = self.rt._box(sandbox_id).root / "hibernated"
+        return images if (images / checkpoint.META).is_file() else None
+
+    async def checkpoint(self, sandbox_id: str, *, leave_running: bool) -> str:
+        binary = self._binary()
+        rt = self.rt
+        box = rt._box(check_id(sandbox_id))
+        async with rt._lock(sandbox_id):
+            if SandboxRecord.load(box.record) is None:
+                raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
+            cgroup = rt._live_cgroup(sandbox_id)
+            if cgroup.frozen():
+                raise InvalidState(f"sandbox {sandbox_id} is paused; resume it first")
+            images = checkpoint.images_dir(box, leave_running)
+            if images.exists():
+                shutil.rmtree(images)
+            checkpoint._make_images_dir(images)
+            try:
+                if leave_running:
+                    await checkpoint.snapshot_disk(
+                        box, cgroup.freeze_wait, cgroup.thaw, images / checkpoint.DISK_COPY
+                    )
+                await checkpoint.dump(
+                    rt.ocicli, binary, sandbox_id, box, images, leave_running=leave_running
+                )
+            except BaseException:
+                shutil.rmtree(images, ignore_errors=True)
+                raise
+            if not leave_running:
+                rt._channels.pop(sandbox_id, None)
+                rt._usage.forget(sandbox_id)
+                await rt.network.detach(sandbox_id)
+                # runc removed the container and its cgroups; make sure of the cgroups.
+                for cg in rt._target(sandbox_id).cgroups:
+                    await cg.remove()
+            return str(images)
+
+    async def restore(
+        self, sandbox_id: str, image: str, *, network: NetworkPolicy | None = None
+    ) -> None:
+        binary = self._binary()
+        rt = self.rt
+        images = Path(image)
+        meta = checkpoint.Meta.load(images)
+        box = rt._box(check_id(sandbox_id))
+        in_place = meta.source == sandbox_id
+        if not in_place and not meta.with_disk:
+            raise InvalidState("a hibernation checkpoint can only wake its own sandbox")
+        async with rt._lock(sandbox_id):
+            if in_place:
+                if await rt.ocicli.init_process(sandbox_id) is not None:
+                    return  # already awake
+            else:
+                if box.root.exists() or rt.ocicli.state_dir(sandbox_id).exists():
+                    raise InvalidState(f"sandbox {sandbox_id} already exists")
+            try:
+                if not in_place:
+                    await self._clone_box(meta.source, sandbox_id, box, images)
+                pid, start = await checkpoint.restore(
+                    rt.ocicli, binary, sandbox_id, box, images, meta
+                )
+                await rt.network.attach(sandbox_id, pid, start, network or NetworkPolicy())
+                await checkpoint.hand_over(box, pid, meta.wake_fd)
+            except BaseException as exc:
+                if in_place:
+                    # Back to hibernated: nothing of the attempt may stay running.
+                    await self._stop_attempt(sandbox_id)
+                else:
+                    errors = await teardown.destroy(rt._target(sandbox_id))
+                    if errors:
+                        log.error("cleanup after failed restore of %s: %s", sandbox_id, errors)
+                if isinstance(exc, RuntimeFailure | InvalidState) or not isinstance(exc, Exception):
+                    raise
+                raise RuntimeFailure(f"restoring sandbox {sandbox_id} failed: {exc}") from exc
+            record = SandboxRecord.load(box.record)
+            if record is not None:
+                with contextlib.suppress(OSError):
+                    rt.cgroups.cgroup(record.cgroups_path).set_cpus(rt._cpus.pick(record.vcpu))
+            rt._channels[sandbox_id] = AgentClient(box.socket)
+            if in_place:
+                shutil.rmtree(images, ignore_errors=True)
+
+    async def _stop_attempt(self, sandbox_id: str) -> None:
+        rt = self.rt
+        target = rt._target(sandbox_id)
+        for cg in target.cgroups:
+            await cg.kill_all()
+        await rt.ocicli.delete(sandbox_id)
+        await rt.network.detach(sandbox_id)
+        for cg in target.cgroups:
+            with contextlib.suppress(Exception):
+                await cg.remove()
+
+    async def _clone_box(self, source: str, sandbox_id: str, box: SandboxDir, images: Path) -> None:
+        """A new sandbox dir like the source's: its own disk copy, mounts, run dir and cgroup."""
+        rt = self.rt
+        src = rt._box(source)
+        record = SandboxRecord.load(src.record)
+        config = json.loads(src.config.read_text()) if src.config.is_file() else None
+        if record is None or config is None:
+            raise SandboxNotFound(f"the source sandbox {source} of this checkpoint is gone")
+        box.root.mkdir(mode=0o711)
+        cgroups_path = f"{rt.cgroup_parent.rstrip('/')}/sandbank/{sandbox_id}"
+        record = dataclasses.replace(record, id=sandbox_id, cgroups_path=cgroups_path)
+        record.save(box.record)
+        await checkpoint.copy_sparse(images / checkpoint.DISK_COPY, box.image)
+        await asyncio.to_thread(
+            rootfs.assemble, box, Path(record.lower), record.hostname, lambda _phase: None
+        )
+        box.run.mkdir(mode=0o755)
+        fsflags.seal(box.run)
+        config["linux"]["cgroupsPath"] = cgroups_path
+        for mount in config["mounts"]:
+            if mount.get("destination") == SOCKET_DIR:
+                mount["source"] = str(box.run)
+        box.config.write_text(json.dumps(config, separators=(",", ":")))
+
+    async def discard(self, image: str) -> None:
+        """Remove a fork's images once its copies are made (idempotent)."""
+        path = Path(image)
+        if path.name.startswith("fork-") and path.parent.parent == self.rt.sandboxes_dir:
+            await asyncio.to_thread(shutil.rmtree, path, True)
