@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from sandbank import errors
 from sandbank.client import Sandbox
 
-from . import _processes, _render
+from . import _checkpoints, _processes, _render
 from ._options import ServerOptions, parse_pairs
 from ._transfer import copy
 
@@ -227,6 +227,7 @@ def timeout_given(ctx: typer.Context) -> bool:
 
 
 _processes.register(app)
+_checkpoints.register(app)
 
 
 @app.command()

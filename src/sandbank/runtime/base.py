@@ -261,6 +261,35 @@ class Runtime(Protocol):
         """Thaw a paused sandbox; idempotent."""
         ...
 
+    # Checkpoints (hibernate, wake, fork; see docs/checkpoints.md).
+
+    def checkpoint_problem(self) -> str | None:
+        """Why checkpoints cannot work on this host, or None when they can."""
+        ...
+
+    async def checkpoint(self, sandbox_id: str, *, leave_running: bool = False) -> str:
+        """Save the running sandbox's processes and memory; returns the image.
+        Without ``leave_running`` (hibernation) the sandbox stops running and
+        holds no memory; its disk stays. With it, the image also carries a copy
+        of the disk and can make new sandboxes. Raises CheckpointFailed (the
+        sandbox is then left running as it was), CheckpointUnsupported."""
+        ...
+
+    async def restore(
+        self, sandbox_id: str, image: str, *, network: NetworkPolicy | None = None
+    ) -> None:
+        """Wake the image's own sandbox in place, or start ``sandbox_id`` as a new
+        copy of it (own disk copy and address) from a ``leave_running`` image."""
+        ...
+
+    async def discard_checkpoint(self, image: str) -> None:
+        """Remove a ``leave_running`` image once its copies are made; idempotent."""
+        ...
+
+    def hibernated_image(self, sandbox_id: str) -> str | None:
+        """The image of a hibernated sandbox (after a restart too), if any."""
+        ...
+
     async def running(self) -> set[str]:
         """Ids of every sandbox this driver has anything of on the host."""
         ...

@@ -12,7 +12,16 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from sandbank.runtime.base import Runtime
-from sandbank.server.api import admin, errors, files, preview, processes, sandboxes, system
+from sandbank.server.api import (
+    admin,
+    checkpoints,
+    errors,
+    files,
+    preview,
+    processes,
+    sandboxes,
+    system,
+)
 from sandbank.server.api.deps import Services
 from sandbank.server.service.deadlines import DeadlineSweeper
 from sandbank.server.service.keys import DEFAULT_TENANT, KeyService
@@ -136,6 +145,6 @@ def create_app(
     )
     app.add_middleware(preview.PreviewHosts)
     errors.install(app)
-    for module in (system, sandboxes, processes, files, admin, preview):
+    for module in (system, sandboxes, checkpoints, processes, files, admin, preview):
         app.include_router(module.router)
     return app

@@ -115,8 +115,9 @@ class Checkpointer:
             raise InvalidState("a hibernation checkpoint can only wake its own sandbox")
         async with rt._lock(sandbox_id):
             if in_place:
-                if await rt.ocicli.init_process(sandbox_id) is not None:
-                    return  # already awake
+                if rt.ocicli.state_dir(sandbox_id).exists():
+                    # Left by a wake that was cut off (a server crash): start over.
+                    await self._stop_attempt(sandbox_id)
             else:
                 if box.root.exists() or rt.ocicli.state_dir(sandbox_id).exists():
                     raise InvalidState(f"sandbox {sandbox_id} already exists")

@@ -426,6 +426,10 @@ class LinuxRuntime:
     def checkpoint_problem(self) -> str | None:
         return self.checkpoints.problem
 
+    def hibernated_image(self, sandbox_id: str) -> str | None:
+        image = self.checkpoints.hibernated(check_id(sandbox_id))
+        return None if image is None else str(image)
+
     async def endpoint(self, sandbox_id: str, port: int) -> tuple[str, int]:
         att = await self.network.address(check_id(sandbox_id))
         if att is None:

@@ -17,6 +17,11 @@ class SandboxState(StrEnum):
     POOLED = "pooled"
     #: Frozen by the caller (cgroup freezer): memory kept, no CPU until resumed.
     PAUSED = "paused"
+    #: Being saved to disk (CRIU); then hibernated: no process, no memory, only images.
+    HIBERNATING = "hibernating"
+    HIBERNATED = "hibernated"
+    #: Being restored from its images.
+    WAKING = "waking"
 
 
 S = SandboxState
@@ -33,9 +38,18 @@ TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
     S.POOLED: frozenset({S.RUNNING, S.KILLING}),
 }
 
+# Hibernation (service/checkpoints.py). A failed save goes back to running, a
+# failed restore back to hibernated.
+TRANSITIONS[S.RUNNING] |= {S.HIBERNATING}
+TRANSITIONS[S.HIBERNATING] = frozenset({S.HIBERNATED, S.RUNNING, S.KILLING, S.ERROR})
+TRANSITIONS[S.HIBERNATED] = frozenset({S.WAKING, S.KILLING})
+TRANSITIONS[S.WAKING] = frozenset({S.RUNNING, S.HIBERNATED, S.KILLING, S.ERROR})
+
 #: States that count against a tenant's quota. Pooled sandboxes hold host
 #: resources too, but belong to no tenant until they are handed out.
 ACTIVE: frozenset[SandboxState] = frozenset({S.CREATING, S.RUNNING, S.PAUSED, S.KILLING})
+#: Hibernated sandboxes keep their place in the quota: waking needs no new room.
+ACTIVE |= {S.HIBERNATING, S.HIBERNATED, S.WAKING}
 
 #: States a tenant may see or filter on; the pool is internal.
 PUBLIC: frozenset[SandboxState] = frozenset(set(SandboxState) - {S.POOLED})
@@ -66,6 +80,9 @@ def require(
         S.CREATING: "wait until it is running",
         S.KILLING: "it is being deleted",
         S.ERROR: "it failed; delete it and create a new one",
+        S.HIBERNATED: f"wake it first (POST /v1/sandboxes/{sandbox_id}/wake)",
+        S.HIBERNATING: "it is being hibernated",
+        S.WAKING: "it is waking up; try again in a moment",
     }.get(SandboxState(current), "")
     raise InvalidState(
         f"cannot {operation} sandbox {sandbox_id}: it is {current}" + (f"; {hint}" if hint else ""),

@@ -41,7 +41,9 @@ class Recovery:
     async def sweep(self) -> list[str]:
         """Kill every sandbox whose deadline passed; returns their ids. Pool
         members have no deadline."""
-        due = await self._store.expired(self._clock(), [S.RUNNING, S.PAUSED, S.ERROR])
+        due = await self._store.expired(
+            self._clock(), [S.RUNNING, S.PAUSED, S.ERROR, S.HIBERNATED]
+        )
         killed: list[str] = []
         for record in due:
             try:
@@ -68,7 +70,7 @@ class Recovery:
         while True:
             page = await self._store.list_sandboxes(
                 tenant=None,
-                statuses=[S.POOLED, S.CREATING, S.RUNNING, S.PAUSED, S.KILLING, S.ERROR],
+                statuses=[*_RECONCILED, *HIBERNATION],
                 limit=1000,
                 cursor=page_cursor,
             )
@@ -81,6 +83,9 @@ class Recovery:
                 await self._reconcile_member(record.id, report)
                 continue
             expired = record.expires_at is not None and record.expires_at <= now
+            if record.status in HIBERNATION and not expired:
+                await self._reconcile_hibernation(record, report)
+                continue
             # A paused sandbox stays frozen: adopted as it is.
             if record.status in (S.RUNNING, S.PAUSED) and not expired:
                 if await self._runtime.adopt(record.id):
@@ -118,6 +123,28 @@ class Recovery:
         except SandbankError as exc:
             log.error("reconcile could not remove pool member %s: %s", member_id, exc)
 
+    async def _reconcile_hibernation(
+        self, record: SandboxRecord, report: dict[str, list[str]]
+    ) -> None:
+        """Hibernated: nothing runs, its images wait on disk. An interrupted
+        hibernate or wake ends as whichever the host shows: running, or saved."""
+        if record.status != S.HIBERNATED and await self._runtime.adopt(record.id):
+            await self._store.update_sandbox(
+                record.id, {"status": S.RUNNING, "updated_at": self._clock()}
+            )
+            report["adopted"].append(record.id)
+            return
+        if self._runtime.hibernated_image(record.id) is not None:
+            if record.status != S.HIBERNATED:
+                # What a cut-off wake left running goes at the next wake; the images stay.
+                await self._store.update_sandbox(
+                    record.id, {"status": S.HIBERNATED, "updated_at": self._clock()}
+                )
+            report.setdefault("hibernated", []).append(record.id)
+            return
+        report["lost"].append(record.id)
+        await self._mark_lost(record.id)
+
     async def _mark_lost(self, sandbox_id: str) -> None:
         await self._cleanup(sandbox_id)
         await self._store.update_sandbox(
@@ -135,6 +162,9 @@ class Recovery:
         except SandbankError as exc:
             log.error("could not clean up %s: %s", sandbox_id, exc)
 
+
+_RECONCILED = [S.POOLED, S.CREATING, S.RUNNING, S.PAUSED, S.KILLING, S.ERROR]
+HIBERNATION = frozenset({S.HIBERNATING, S.HIBERNATED, S.WAKING})
 
 _RECOVERY_REASON: dict[str, str] = {
     S.CREATING: "interrupted",

@@ -30,6 +30,7 @@ from sandbank.runtime.base import (
     SandboxUsage,
     TemplateInfo,
 )
+from sandbank.server.service.checkpoints import CheckpointService
 from sandbank.server.service.lifecycle import (
     ACTIVE,
     PUBLIC,
@@ -85,6 +86,10 @@ class SandboxService:
             create_slots=self._create_slots,
         )
         self._recovery = Recovery(store, runtime, clock, telemetry, kill=self._kill)
+        self.checkpoints = CheckpointService(
+            store, runtime, clock, lock=self._lock, get=self.get, tenant_lock=self._tenant_lock,
+            check_quota=self._check_size, create_slots=self._create_slots, kill=self._kill,
+        )  # fmt: skip
 
     # -- helpers -------------------------------------------------------------------
 
@@ -144,6 +149,10 @@ class SandboxService:
     async def _check_quota(self, tenant: str, want: Resolved) -> None:
         override, usage = await self._store.quota_and_usage(tenant, ACTIVE)
         check_quota(tenant, self._quota.merged(override), usage, want.vcpu, want.memory_mb)
+
+    async def _check_size(self, tenant: str, vcpu: float, memory_mb: int) -> None:
+        override, usage = await self._store.quota_and_usage(tenant, ACTIVE)
+        check_quota(tenant, self._quota.merged(override), usage, vcpu, memory_mb)
 
     def _spec(self, sandbox_id: str, want: Resolved) -> SandboxSpec:
         return SandboxSpec(
@@ -307,7 +316,7 @@ class SandboxService:
         record = await self.get(tenant, sandbox_id)
         require(
             record.status,
-            frozenset({S.CREATING, S.RUNNING, S.PAUSED}),
+            frozenset({S.CREATING, S.RUNNING, S.PAUSED, S.HIBERNATED}),
             "set the timeout of",
             sandbox_id,
         )
@@ -315,7 +324,7 @@ class SandboxService:
         updated = await self._store.update_sandbox(
             sandbox_id,
             {"expires_at": now + timedelta(seconds=seconds), "updated_at": now},
-            only_from=[S.CREATING, S.RUNNING, S.PAUSED],
+            only_from=[S.CREATING, S.RUNNING, S.PAUSED, S.HIBERNATED],
         )
         if updated is None:
             return await self.get(tenant, sandbox_id)
