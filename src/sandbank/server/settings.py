@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     oci_runtime: str = "auto"
     #: Debian mirror for building the base template; default: the host's apt source.
     template_mirror: str | None = None
+    #: criu for hibernate/fork; default: .cache/criu/bin/criu (scripts/criu.sh), then PATH.
+    criu_binary: str | None = None
 
     # Resource limits for a sandbox (Conway's ranges by default).
     vcpu_min: float = 1

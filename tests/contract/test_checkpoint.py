@@ -1,0 +1,154 @@
+"""Hibernate, wake and fork on the real Linux runtime (runc + CRIU)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sandbank.errors import CheckpointFailed
+from sandbank.runtime.base import JobSpec
+from tests.contract.conftest import Harness
+
+pytestmark = pytest.mark.linux
+
+#: A process that keeps a random number in memory only (never written before
+#: it is asked) and counts; SIGUSR1 makes it write both to /tmp.
+HOLDER = r"""
+import os, random, signal, time
+secret = random.getrandbits(60)
+count = 0
+def report(*_):
+    with open('/tmp/report.tmp', 'w') as fh:
+        fh.write(f'{secret} {count}')
+    os.rename('/tmp/report.tmp', '/tmp/report')
+signal.signal(signal.SIGUSR1, report)
+open('/tmp/holder.pid', 'w').write(str(os.getpid()))
+while True:
+    count += 1
+    time.sleep(0.02)
+"""
+
+TICKER = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def needs_criu(harness: Harness) -> None:
+    problem = harness.rt.checkpoint_problem()
+    if problem is not None:
+        pytest.skip(f"no working criu: {problem}")
+
+
+async def _report(h: Harness, sid: str) -> tuple[int, int]:
+    await h.out(sid, "rm -f /tmp/report; kill -USR1 $(cat /tmp/holder.pid)")
+    for _ in range(100):
+        result = await h.sh(sid, "cat /tmp/report 2>/dev/null")
+        if result.stdout:
+            secret, count = result.stdout.decode().split()
+            return int(secret), int(count)
+        await asyncio.sleep(0.02)
+    raise AssertionError("the holder did not report")
+
+
+async def _start_holder(h: Harness, sid: str) -> None:
+    await h.out(sid, "cat > /tmp/holder.py <<'EOF'\n" + HOLDER + "\nEOF\n")
+    await h.out(sid, "nohup python3 /tmp/holder.py >/dev/null 2>&1 &")
+    await h.out(sid, "for i in $(seq 100); do test -s /tmp/holder.pid && break; sleep 0.02; done")
+
+
+async def _output(h: Harness, sid: str, pid: int) -> bytes:
+    data = b""
+    async for event in h.rt.channel(sid).attach(pid, follow=False):
+        data += event.data
+    return data
+
+
+@pytest.fixture
+async def holder(harness: Harness) -> AsyncIterator[str]:
+    sid = await harness.create()
+    await _start_holder(harness, sid)
+    yield sid
+    await harness.rt.destroy(sid)
+
+
+async def test_hibernate_and_wake_keep_memory_jobs_and_files(harness: Harness, holder: str) -> None:
+    h, rt = harness, harness.rt
+    await h.out(holder, "echo before > /home/user/note.txt")
+    job = await rt.channel(holder).start(JobSpec(cmd=["/bin/bash", "-c", TICKER]))
+    await asyncio.sleep(0.3)
+    secret, count = await _report(h, holder)
+    ticks_before = (await _output(h, holder, job.pid)).count(b"tick")
+
+    image = await rt.checkpoint(holder)
+    assert not await rt.is_alive(holder)
+    assert rt.hibernated_image(holder) == image
+    cgroup = rt.cgroup(holder)
+    assert cgroup is not None and not cgroup.existing(), "no cgroup (so no memory) while hibernated"
+    assert sorted(os.listdir(image))  # the images are on disk
+
+    await rt.restore(holder, image)
+    assert rt.hibernated_image(holder) is None and not Path(image).exists()
+    secret_after, count_after = await _report(h, holder)
+    assert secret_after == secret, "the value held only in memory survived"
+    assert count_after >= count
+    await asyncio.sleep(0.3)
+    assert (await _report(h, holder))[1] > count_after, "and it keeps counting"
+    assert await h.out(holder, "cat /home/user/note.txt") == "before"
+    ticks_after = (await _output(h, holder, job.pid)).count(b"tick")
+    assert ticks_after > ticks_before, "the background job's output goes on"
+    jobs = {j.pid: j for j in await rt.channel(holder).jobs()}
+    assert jobs[job.pid].running
+    # The network is back, with a link of its own.
+    assert "inet 10." in await h.out(holder, "ip -4 -o addr show eth0")
+
+
+async def test_failed_checkpoint_leaves_the_sandbox_running(harness: Harness, holder: str) -> None:
+    """An open stream to the agent (a host-side socket) cannot be saved: the
+    checkpoint fails and the sandbox goes on as it was."""
+    h, rt = harness, harness.rt
+    job = await rt.channel(holder).start(JobSpec(cmd=["/bin/bash", "-c", TICKER]))
+    secret, _ = await _report(h, holder)
+    stream = rt.channel(holder).attach(job.pid, follow=True)
+    first = await anext(stream)
+    assert first.kind == "stdout"
+    with pytest.raises(CheckpointFailed, match="keeps running"):
+        await rt.checkpoint(holder)
+    await stream.aclose()
+    assert await rt.is_alive(holder)
+    assert rt.hibernated_image(holder) is None
+    assert (await _report(h, holder))[0] == secret
+    assert await h.out(holder, "echo still here") == "still here"
+    # And a checkpoint works once the stream is closed.
+    await rt.restore(holder, await rt.checkpoint(holder))
+    assert (await _report(h, holder))[0] == secret
+
+
+async def test_fork_into_two(harness: Harness, holder: str) -> None:
+    h, rt = harness, harness.rt
+    secret, _ = await _report(h, holder)
+    image = await rt.checkpoint(holder, leave_running=True)
+    copies = [f"{holder}k{n}" for n in range(2)]
+    h.ids.update(copies)
+    try:
+        for copy in copies:
+            await rt.restore(copy, image)
+        await rt.discard_checkpoint(image)
+        assert not Path(image).exists()
+        assert await rt.is_alive(holder), "the source keeps running"
+        addresses = set()
+        for sid in (holder, *copies):
+            assert (await _report(h, sid))[0] == secret
+            addresses.add(await h.out(sid, "ip -4 -o addr show eth0 | awk '{print $4}'"))
+        assert len(addresses) == 3, addresses
+        await h.out(copies[0], "echo mine > /home/user/only-in-0.txt")
+        assert await h.out(copies[0], "cat /home/user/only-in-0.txt") == "mine"
+        for sid in (holder, copies[1]):
+            assert await h.out(sid, "test -e /home/user/only-in-0.txt || echo absent") == "absent"
+    finally:
+        for copy in copies:
+            await rt.destroy(copy)
+    for copy in copies:
+        assert await rt.leftovers(copy) == []
