@@ -12,25 +12,9 @@ import pytest
 from sandbank.errors import CheckpointFailed
 from sandbank.runtime.base import JobSpec
 from tests.contract.conftest import Harness
+from tests.support import holder as holder_sh
 
 pytestmark = pytest.mark.linux
-
-#: A process that keeps a random number in memory only (never written before
-#: it is asked) and counts; SIGUSR1 makes it write both to /tmp.
-HOLDER = r"""
-import os, random, signal, time
-secret = random.getrandbits(60)
-count = 0
-def report(*_):
-    with open('/tmp/report.tmp', 'w') as fh:
-        fh.write(f'{secret} {count}')
-    os.rename('/tmp/report.tmp', '/tmp/report')
-signal.signal(signal.SIGUSR1, report)
-open('/tmp/holder.pid', 'w').write(str(os.getpid()))
-while True:
-    count += 1
-    time.sleep(0.02)
-"""
 
 TICKER = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done"
 
@@ -43,20 +27,12 @@ def needs_criu(harness: Harness) -> None:
 
 
 async def _report(h: Harness, sid: str) -> tuple[int, int]:
-    await h.out(sid, "rm -f /tmp/report; kill -USR1 $(cat /tmp/holder.pid)")
-    for _ in range(100):
-        result = await h.sh(sid, "cat /tmp/report 2>/dev/null")
-        if result.stdout:
-            secret, count = result.stdout.decode().split()
-            return int(secret), int(count)
-        await asyncio.sleep(0.02)
-    raise AssertionError("the holder did not report")
+    secret, count = (await h.out(sid, holder_sh.ASK)).split()
+    return int(secret), int(count)
 
 
 async def _start_holder(h: Harness, sid: str) -> None:
-    await h.out(sid, "cat > /tmp/holder.py <<'EOF'\n" + HOLDER + "\nEOF\n")
-    await h.out(sid, "nohup python3 /tmp/holder.py >/dev/null 2>&1 &")
-    await h.out(sid, "for i in $(seq 100); do test -s /tmp/holder.pid && break; sleep 0.02; done")
+    await h.out(sid, holder_sh.START)
 
 
 async def _output(h: Harness, sid: str, pid: int) -> bytes:

@@ -19,8 +19,8 @@ What has to be arranged around CRIU, and why:
 * The network namespace is saved with its ``eth0``; CRIU recreates that veth
   with a nameless peer on the host, which is removed and replaced by a fresh
   link (``network.attach``), so a restored sandbox gets an address of its own.
-* The image directory belongs to the sandbox's root uid: CRIU restores the
-  time namespace as that user.
+* The image directory is readable by the sandbox's root group: CRIU restores
+  the time namespace from inside the new user namespace.
 """
 
 from __future__ import annotations
@@ -87,8 +87,12 @@ def images_dir(box: SandboxDir, leave_running: bool) -> Path:
 
 
 def _make_images_dir(path: Path) -> None:
-    path.mkdir(mode=0o700)
-    os.chown(path, oci.ID_SHIFT, oci.ID_SHIFT)
+    """Readable by host root and by the sandbox's root group only. CRIU's restore
+    reads some images (the time namespace's) from inside the new user
+    namespace, before or after its ids are mapped: as host uid 0 without
+    capabilities (the owner), or as the sandbox's root (the group)."""
+    path.mkdir(mode=0o750)
+    os.chown(path, 0, oci.ID_SHIFT)
 
 
 async def _wait_no_sockets(pid: int, timeout: float = 2.0) -> None:
