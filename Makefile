@@ -34,6 +34,7 @@ bench: install-bench install-test
 	$(VENV)/python bench/exec_rtt.py
 	$(VENV)/python bench/net.py
 	$(VENV)/python bench/lifecycle.py
+	$(VENV)/python bench/checkpoint.py
 
 # Regenerate the sync SDK from the async source.
 sync: install-test
