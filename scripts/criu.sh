@@ -6,7 +6,9 @@
 # vdso symtable"), the pinned upstream 4.1.1 tarball is fetched from the host's
 # own Debian mirror, verified, built, and installed as .cache/criu/bin/criu,
 # where the runtime finds it and hands it to runc (`runc --criu PATH`). The
-# build's -dev packages come from the host's configured suites.
+# build's -dev packages come from the host's configured suites. The patches in
+# scripts/criu-patches/ are applied first (see each file: fixes for newer
+# kernels than the release knew).
 #
 # Never fatal: without a working criu the server still runs, and hibernate/fork
 # answer an error that says why. Usage: scripts/criu.sh [--force]
@@ -17,12 +19,15 @@ tarball="criu_${version}.orig.tar.xz"
 sha256="f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe"
 # What `make criu` of 4.1.1 needs on Debian 12, and no more (found by building
 # on a clean host): libnftables, libbsd and GnuTLS are optional and left out.
-build_packages=(gcc make pkg-config libc6-dev uuid-dev libnet1-dev libnl-3-dev libcap-dev
+build_packages=(gcc make patch pkg-config libc6-dev uuid-dev libnet1-dev libnl-3-dev libcap-dev
   libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler xz-utils curl iptables)
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="$root/.cache/criu"
 bin="$cache/bin/criu"
+patches=("$root"/scripts/criu-patches/*.patch)
+# What the installed build was made from: the tarball and the patches.
+build_id="$( (echo "$sha256"; cat "${patches[@]}") | sha256sum | cut -c1-16)"
 
 say() { echo "criu: $*" >&2; }
 
@@ -31,15 +36,18 @@ passes_check() {
 }
 
 if [ "${1:-}" != "--force" ]; then
-  if [ -x "$bin" ] && passes_check "$bin"; then
+  if [ -x "$bin" ] && [ "$(cat "$bin.build" 2>/dev/null)" = "$build_id" ] && passes_check "$bin"; then
     say "using $bin ($("$bin" --version | head -1))"
     exit 0
   fi
-  if system="$(command -v criu)" && passes_check "$system"; then
+  # A packaged criu lacks the fixes in scripts/criu-patches/ even when `criu
+  # check` passes: only a release newer than the one built here is taken as it is.
+  if system="$(command -v criu)" && passes_check "$system" \
+    && [ "$(printf '%s\n' "$("$system" --version | awk '/^Version/ {print $2}')" "4.2" | sort -V | head -1)" = "4.2" ]; then
     say "using $system: it passes 'criu check'"
     exit 0
   fi
-  [ -n "${system:-}" ] && say "$system fails 'criu check' on this kernel; building criu $version"
+  [ -n "${system:-}" ] && say "$system fails 'criu check' on this kernel or is not newer than $version; building criu $version"
 fi
 
 debian_mirror() {
@@ -88,6 +96,10 @@ fi
 src="$cache/criu-$version"
 rm -rf "$src"
 tar -C "$cache" -xJf "$cache/$tarball" || fail "unpacking $tarball"
+for patch in "${patches[@]}"; do
+  [ -f "$patch" ] || continue
+  patch -d "$src" -p1 -s <"$patch" || fail "applying $(basename "$patch")"
+done
 say "building criu $version (about 20 s on 2 cores; log: $cache/build.log)"
 if ! make -C "$src" -j"$(nproc)" NO_GNUTLS=1 criu >"$cache/build.log" 2>&1; then
   tail -5 "$cache/build.log" >&2
@@ -95,6 +107,7 @@ if ! make -C "$src" -j"$(nproc)" NO_GNUTLS=1 criu >"$cache/build.log" 2>&1; then
 fi
 mkdir -p "$cache/bin"
 install -m 0755 "$src/criu/criu" "$bin.new" && mv "$bin.new" "$bin"
+echo "$build_id" >"$bin.build"
 rm -rf "$src"
 if out="$("$bin" check 2>&1)"; then
   say "installed $bin: $out"

@@ -128,3 +128,32 @@ async def test_fork_into_two(harness: Harness, holder: str) -> None:
             await rt.destroy(copy)
     for copy in copies:
         assert await rt.leftovers(copy) == []
+
+
+async def test_tcp_listener_survives_and_established_connection_refuses(
+    harness: Harness, holder: str
+) -> None:
+    """A listening socket comes back with the sandbox; an established TCP
+    connection is a state a checkpoint does not save: it fails, and the
+    sandbox runs on."""
+    h, rt = harness, harness.rt
+    await h.out(
+        holder,
+        "cd /tmp && nohup python3 -m http.server 8000 --bind 0.0.0.0 >/dev/null 2>&1 & "
+        "for i in $(seq 200); do curl -fs localhost:8000/ >/dev/null && break; sleep 0.02; done",
+    )
+    await rt.restore(holder, await rt.checkpoint(holder))
+    assert "holder.py" in await h.out(holder, "curl -fs localhost:8000/")
+    # A connection held open inside the sandbox.
+    await h.out(
+        holder,
+        "nohup python3 -c 'import socket,time\n"
+        's=socket.create_connection(("127.0.0.1", 8000))\n'
+        'open("/tmp/connected","w").close()\n'
+        "time.sleep(600)' >/dev/null 2>&1 &"
+        " for i in $(seq 200); do test -e /tmp/connected && break; sleep 0.02; done",
+    )
+    with pytest.raises(CheckpointFailed, match="TCP"):
+        await rt.checkpoint(holder)
+    assert await rt.is_alive(holder) and rt.hibernated_image(holder) is None
+    assert "holder.py" in await h.out(holder, "curl -fs localhost:8000/")

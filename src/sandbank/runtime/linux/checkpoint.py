@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbank.errors import CheckpointFailed, RuntimeFailure, SandboxUnavailable
+from sandbank.errors import BadRequest, CheckpointFailed, RuntimeFailure, SandboxUnavailable
 from sandbank.protocol.agent import HANDOFF_NAME
 from sandbank.runtime import _proc
 from sandbank.runtime.agent_client import AgentClient
@@ -117,6 +117,21 @@ def _criu_errors(log: Path, limit: int = 5) -> str:
     return "; ".join(errors[:limit])
 
 
+#: CRIU's words for states a checkpoint cannot save, and what they mean here.
+_HINTS = {
+    "Unix socket": "an operation is still connected to the sandbox (a streamed exec or an "
+    "attached output stream); try again once it ends",
+    "tcp-established": "a process has an established TCP connection, which a checkpoint "
+    "does not save; close it (listening sockets are fine)",
+    "TCP connection": "a process has an established TCP connection, which a checkpoint "
+    "does not save; close it (listening sockets are fine)",
+}
+
+
+def _hint(why: str) -> str:
+    return "".join(f" ({text})" for key, text in _HINTS.items() if key in why)[:400]
+
+
 async def snapshot_disk(box: SandboxDir, freeze: Any, thaw: Any, dest: Path) -> None:
     """A consistent copy of the sandbox's disk image: written out and copied
     while its processes are frozen (a few ms for a mostly empty image)."""
@@ -160,7 +175,13 @@ async def dump(
         raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
     pid, _start = agent
     log_key = criu.file_key(pid, 1)
-    parked = await AgentClient(box.socket).park()
+    try:
+        parked = await AgentClient(box.socket).park()
+    except BadRequest as exc:
+        raise CheckpointFailed(
+            f"the agent of sandbox {sandbox_id} was started by an older server and cannot "
+            f"let go of its socket for a checkpoint: {exc.message}"
+        ) from exc
     wake_fd = int(parked["wake_fd"])
     meta = Meta(sandbox_id, log_key, wake_fd, leave_running, time.time())
     try:
@@ -173,6 +194,7 @@ async def dump(
         result = await _proc.run(argv, env=env, timeout=300, check=False)
         if result.returncode != 0:
             why = _criu_errors(images / "dump.log") or _proc.tail(result.stderr or result.stdout)
+            why += _hint(why)
             raise CheckpointFailed(
                 f"checkpoint of sandbox {sandbox_id} failed, it keeps running: {why}"
             )
