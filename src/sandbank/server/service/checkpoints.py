@@ -137,7 +137,9 @@ class CheckpointService:
                 copies.append(await self._insert_copy(source))
         try:
             async with self._lock(sandbox_id):
-                await self._get(tenant, sandbox_id)
+                # Still running now that no other operation on it is under way.
+                current = await self._get(tenant, sandbox_id)
+                require(current.status, frozenset({S.RUNNING}), "fork", sandbox_id)
                 image = await self._runtime.checkpoint(sandbox_id, leave_running=True)
         except BaseException as exc:
             for copy in copies:
