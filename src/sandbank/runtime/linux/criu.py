@@ -30,9 +30,10 @@ def project_root() -> Path:
 
 
 def candidates(configured: str | None = None) -> list[str]:
-    found: list[str] = []
+    """The configured binary alone, else the project's build, then PATH's."""
     if configured:
-        found.append(configured)
+        return [configured]
+    found: list[str] = []
     local = project_root() / PROJECT_BINARY
     if local.is_file():
         found.append(str(local))
