@@ -26,8 +26,13 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="$root/.cache/criu"
 bin="$cache/bin/criu"
 patches=("$root"/scripts/criu-patches/*.patch)
-# What the installed build was made from: the tarball and the patches.
-build_id="$( (echo "$sha256"; cat "${patches[@]}") | sha256sum | cut -c1-16)"
+# criu caches what it learns about the kernel (~50 ms a run) in RUNDIR, but only
+# on a tmpfs; where /run is not one, a root-only directory in /dev/shm is used
+# (the runtime creates it and checks it before every use: runtime/linux/criu.py).
+rundir=/run
+[ "$(stat -f -c %T /run 2>/dev/null)" = tmpfs ] || rundir=/dev/shm/sandbank-criu
+# What the installed build was made from: the tarball, the patches, RUNDIR.
+build_id="$( (echo "$sha256 $rundir"; cat "${patches[@]}") | sha256sum | cut -c1-16)"
 
 say() { echo "criu: $*" >&2; }
 
@@ -101,11 +106,14 @@ for patch in "${patches[@]}"; do
   patch -d "$src" -p1 -s <"$patch" || fail "applying $(basename "$patch")"
 done
 say "building criu $version (about 20 s on 2 cores; log: $cache/build.log)"
-if ! make -C "$src" -j"$(nproc)" NO_GNUTLS=1 criu >"$cache/build.log" 2>&1; then
+if ! make -C "$src" -j"$(nproc)" NO_GNUTLS=1 RUNDIR="$rundir" criu >"$cache/build.log" 2>&1; then
   tail -5 "$cache/build.log" >&2
   fail "make criu (see $cache/build.log)"
 fi
 mkdir -p "$cache/bin"
+if [ "$rundir" != /run ]; then
+  mkdir -p -m 0700 "$rundir"
+fi
 install -m 0755 "$src/criu/criu" "$bin.new" && mv "$bin.new" "$bin"
 echo "$build_id" >"$bin.build"
 rm -rf "$src"

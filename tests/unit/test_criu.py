@@ -41,3 +41,15 @@ def test_file_key_names_mount_and_inode(tmp_path: Path) -> None:
     with open(path, "w") as fh:
         key = criu.file_key(os.getpid(), fh.fileno())
     assert key.startswith("file[") and key.endswith(f":{os.stat(path).st_ino:x}]")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes a root-owned directory")
+def test_kdat_dir_must_be_root_only(tmp_path: Path) -> None:
+    good = tmp_path / "kdat"
+    assert criu.prepare_kdat_dir(good) is None
+    assert os.stat(good).st_mode & 0o777 == 0o700
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o777)
+    os.chmod(loose, 0o777)
+    problem = criu.prepare_kdat_dir(loose)
+    assert problem is not None and "only root" in problem

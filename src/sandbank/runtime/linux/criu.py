@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,24 @@ from sandbank.runtime import _proc
 
 #: Where scripts/criu.sh installs its build, relative to the project root.
 PROJECT_BINARY = Path(".cache/criu/bin/criu")
+#: Where that build keeps its cache of kernel facts when /run is not a tmpfs
+#: (criu reads it as root, so it must be a directory only root can write to).
+KDAT_DIR = Path("/dev/shm/sandbank-criu")
+
+
+def prepare_kdat_dir(path: Path = KDAT_DIR) -> str | None:
+    """Make ``path`` a root-only directory; why it cannot be, or None."""
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot make {path}: {exc}"
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o077:
+        return (
+            f"{path} is not a directory only root can write to (criu would trust a "
+            "cache of kernel facts there); remove it"
+        )
+    return None
 
 
 def project_root() -> Path:
@@ -57,6 +76,9 @@ class Criu:
 
 async def detect(configured: str | None = None) -> Criu:
     """The first candidate that passes ``criu check``."""
+    problem = prepare_kdat_dir()
+    if problem is not None:
+        return Criu(None, problem)
     tried: list[str] = []
     for binary in candidates(configured):
         try:
