@@ -188,3 +188,27 @@ class Checkpointer:
         path = Path(image)
         if path.name.startswith("fork-") and path.parent.parent == self.rt.sandboxes_dir:
             await asyncio.to_thread(shutil.rmtree, path, True)
+
+
+class CheckpointMethods:
+    """The Runtime protocol's checkpoint methods, for the Linux driver to inherit."""
+
+    checkpoints: Checkpointer
+
+    async def checkpoint(self, sandbox_id: str, *, leave_running: bool = False) -> str:
+        return await self.checkpoints.checkpoint(sandbox_id, leave_running=leave_running)
+
+    async def restore(
+        self, sandbox_id: str, image: str, *, network: NetworkPolicy | None = None
+    ) -> None:
+        await self.checkpoints.restore(sandbox_id, image, network=network)
+
+    async def discard_checkpoint(self, image: str) -> None:
+        await self.checkpoints.discard(image)
+
+    def checkpoint_problem(self) -> str | None:
+        return self.checkpoints.problem
+
+    def hibernated_image(self, sandbox_id: str) -> str | None:
+        image = self.checkpoints.hibernated(check_id(sandbox_id))
+        return None if image is None else str(image)

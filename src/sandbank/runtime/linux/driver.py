@@ -42,7 +42,7 @@ from sandbank.runtime.linux import (
 )
 from sandbank.runtime.linux.accounting import UsageReader
 from sandbank.runtime.linux.cgroups import Cgroup, CgroupLayout, Limits, make_room
-from sandbank.runtime.linux.checkpoint_flow import Checkpointer
+from sandbank.runtime.linux.checkpoint_flow import Checkpointer, CheckpointMethods
 from sandbank.runtime.linux.layout import (
     MAX_SOCKET_PATH,
     SandboxDir,
@@ -66,7 +66,7 @@ class _Settings(Protocol):
     def template_root(self) -> Path: ...
 
 
-class LinuxRuntime:
+class LinuxRuntime(CheckpointMethods):
     name = "linux"
 
     def __init__(
@@ -409,26 +409,6 @@ class LinuxRuntime:
                 cgroup.thaw()
             except OSError as exc:
                 raise RuntimeFailure(f"could not resume sandbox {sandbox_id}: {exc}") from exc
-
-    # -- checkpoints (checkpoint_flow.py) -------------------------------------------
-
-    async def checkpoint(self, sandbox_id: str, *, leave_running: bool = False) -> str:
-        return await self.checkpoints.checkpoint(sandbox_id, leave_running=leave_running)
-
-    async def restore(
-        self, sandbox_id: str, image: str, *, network: NetworkPolicy | None = None
-    ) -> None:
-        await self.checkpoints.restore(sandbox_id, image, network=network)
-
-    async def discard_checkpoint(self, image: str) -> None:
-        await self.checkpoints.discard(image)
-
-    def checkpoint_problem(self) -> str | None:
-        return self.checkpoints.problem
-
-    def hibernated_image(self, sandbox_id: str) -> str | None:
-        image = self.checkpoints.hibernated(check_id(sandbox_id))
-        return None if image is None else str(image)
 
     async def endpoint(self, sandbox_id: str, port: int) -> tuple[str, int]:
         att = await self.network.address(check_id(sandbox_id))

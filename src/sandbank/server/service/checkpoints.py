@@ -26,8 +26,9 @@ from sandbank.errors import (
 )
 from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.base import Runtime
-from sandbank.server.service.lifecycle import SandboxState, require
+from sandbank.server.service.lifecycle import ACTIVE, SandboxState, require
 from sandbank.server.service.params import new_sandbox_id
+from sandbank.server.service.policy import Quota, check_quota
 from sandbank.server.store.base import SandboxRecord, Store
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,10 @@ class CheckpointService:
         store: Store,
         runtime: Runtime,
         clock: Callable[[], datetime],
+        quota: Quota,
         *,
         lock: Callable[[str], asyncio.Lock],
         get: Callable[[str, str], Awaitable[SandboxRecord]],
-        check_quota: Callable[[str, float, int], Awaitable[None]],
         tenant_lock: Callable[[str], asyncio.Lock],
         create_slots: asyncio.Semaphore,
         kill: Callable[[str, str], Awaitable[None]],
@@ -57,7 +58,7 @@ class CheckpointService:
         self._clock = clock
         self._lock = lock
         self._get = get
-        self._check_quota = check_quota
+        self._quota = quota
         self._tenant_lock = tenant_lock
         self._create_slots = create_slots
         self._kill = kill
@@ -133,7 +134,9 @@ class CheckpointService:
         copies: list[SandboxRecord] = []
         async with self._tenant_lock(tenant):
             for _ in range(count):
-                await self._check_quota(tenant, source.vcpu, source.memory_mb)
+                override, usage = await self._store.quota_and_usage(tenant, ACTIVE)
+                quota = self._quota.merged(override)
+                check_quota(tenant, quota, usage, source.vcpu, source.memory_mb)
                 copies.append(await self._insert_copy(source))
         try:
             async with self._lock(sandbox_id):

@@ -87,8 +87,8 @@ class SandboxService:
         )
         self._recovery = Recovery(store, runtime, clock, telemetry, kill=self._kill)
         self.checkpoints = CheckpointService(
-            store, runtime, clock, lock=self._lock, get=self.get, tenant_lock=self._tenant_lock,
-            check_quota=self._check_size, create_slots=self._create_slots, kill=self._kill,
+            store, runtime, clock, quota, lock=self._lock, get=self.get, kill=self._kill,
+            tenant_lock=self._tenant_lock, create_slots=self._create_slots,
         )  # fmt: skip
 
     # -- helpers -------------------------------------------------------------------
@@ -149,10 +149,6 @@ class SandboxService:
     async def _check_quota(self, tenant: str, want: Resolved) -> None:
         override, usage = await self._store.quota_and_usage(tenant, ACTIVE)
         check_quota(tenant, self._quota.merged(override), usage, want.vcpu, want.memory_mb)
-
-    async def _check_size(self, tenant: str, vcpu: float, memory_mb: int) -> None:
-        override, usage = await self._store.quota_and_usage(tenant, ACTIVE)
-        check_quota(tenant, self._quota.merged(override), usage, vcpu, memory_mb)
 
     def _spec(self, sandbox_id: str, want: Resolved) -> SandboxSpec:
         return SandboxSpec(
