@@ -54,6 +54,13 @@ def main() -> None:
             t0 = time.perf_counter()
             sbx.commands.run("true")
             first_exec.append(time.perf_counter() - t0)
+        fork_idle = []
+        with Sandbox.create(base_url=srv.url, api_key=srv.api_key) as idle:
+            for _ in range(FORKS_OF_ONE):
+                t0 = time.perf_counter()
+                (copy,) = idle.fork(1)
+                fork_idle.append(time.perf_counter() - t0)
+                copy.kill()
         fork_one, fork_five = [], []
         for count, samples, reps in ((1, fork_one, FORKS_OF_ONE), (5, fork_five, FORKS_OF_FIVE)):
             for _ in range(reps):
@@ -66,6 +73,7 @@ def main() -> None:
     print(summary("wake (100 MB touched)", wakes))
     print(summary("first exec after wake", first_exec))
     print(f"{'hibernation images':<44} {sizes[-1] / 2**20:.1f} MiB")
+    print(summary("fork into 1 (idle sandbox)", fork_idle))
     print(summary("fork into 1 (100 MB touched)", fork_one))
     print(summary("fork into 5 (100 MB touched)", fork_five))
     p50 = pct([s * 1000 for s in fork_one], 50)
