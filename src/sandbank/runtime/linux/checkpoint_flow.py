@@ -5,7 +5,8 @@
   disk and root file system stay mounted and the images wait in
   ``<box>/hibernated``. A failed dump leaves the sandbox running as it was.
 * ``checkpoint(id, leave_running=True)``: the source of a fork. Its disk
-  image is copied (frozen for the copy) next to the images; it keeps running.
+  image is copied next to the images while it is frozen for the dump, so
+  files and memory are of the same instant; it keeps running.
 * ``restore(id, image)``: the source's id wakes it in place; another id
   makes a new sandbox from the images, with its own copy of the disk, cgroup,
   network link and address, and agent socket.
@@ -83,12 +84,8 @@ class Checkpointer:
                 shutil.rmtree(images)
             checkpoint._make_images_dir(images)
             try:
-                if leave_running:
-                    await checkpoint.snapshot_disk(
-                        box, cgroup.freeze_wait, cgroup.thaw, images / checkpoint.DISK_COPY
-                    )
                 await checkpoint.dump(
-                    rt.ocicli, binary, sandbox_id, box, images, leave_running=leave_running
+                    rt.ocicli, binary, sandbox_id, box, images, cgroup, leave_running=leave_running
                 )
             except BaseException:
                 shutil.rmtree(images, ignore_errors=True)
@@ -127,6 +124,8 @@ class Checkpointer:
                 pid, start = await checkpoint.restore(
                     rt.ocicli, binary, sandbox_id, box, images, meta
                 )
+                # Saved frozen (see checkpoint.dump), so restored frozen.
+                rt._live_cgroup(sandbox_id).thaw()
                 await rt.network.attach(sandbox_id, pid, start, network or NetworkPolicy())
                 await checkpoint.hand_over(box, pid, meta.wake_fd)
             except BaseException as exc:
