@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbank.errors import CheckpointFailed
+from sandbank.errors import CheckpointFailed, SandboxUnavailable
+from sandbank.runtime.agent_client import AgentClient
 from sandbank.runtime.base import JobSpec
+from sandbank.runtime.linux import checkpoint
 from tests.contract.conftest import Harness
 from tests.support import holder as holder_sh
 
@@ -157,3 +159,25 @@ async def test_tcp_listener_survives_and_established_connection_refuses(
         await rt.checkpoint(holder)
     assert await rt.is_alive(holder) and rt.hibernated_image(holder) is None
     assert "holder.py" in await h.out(holder, "curl -fs localhost:8000/")
+
+
+async def test_recover_after_a_crash_mid_checkpoint(harness: Harness, holder: str) -> None:
+    """A server that died between parking the agent and handing it a socket
+    back leaves the sandbox frozen and deaf; the next start recovers it."""
+    h, rt = harness, harness.rt
+    secret, _ = await _report(h, holder)
+    box = rt._box(holder)
+    parked = await AgentClient(box.socket).park()
+    checkpoint.mark_parked(box, int(parked["wake_fd"]))
+    cgroup = rt.cgroup(holder)
+    assert cgroup is not None and await cgroup.freeze_wait()
+    with pytest.raises(SandboxUnavailable):
+        await AgentClient(box.socket).ping()
+    assert await rt.recover_checkpoint(holder) == "running"
+    assert await rt.adopt(holder)
+    assert (await _report(h, holder))[0] == secret
+    # Hibernated, it stays hibernated.
+    image = await rt.checkpoint(holder)
+    assert await rt.recover_checkpoint(holder) == "hibernated"
+    await rt.restore(holder, image)
+    assert (await _report(h, holder))[0] == secret

@@ -159,3 +159,18 @@ async def test_sdk(transport: httpx.ASGITransport) -> None:
             await c.kill()
     finally:
         await sbx.kill()
+
+
+async def test_reconcile_settles_interrupted_hibernate_and_wake(parts: Parts) -> None:
+    service, runtime, _, store = parts
+    alive = await service.create("t1", CreateParams(timeout=100))
+    saved = await service.create("t1", CreateParams(timeout=100))
+    await service.checkpoints.hibernate("t1", saved.id)
+    # As a crash would leave them: still running, or already saved.
+    await store.update_sandbox(alive.id, {"status": S.HIBERNATING})
+    await store.update_sandbox(saved.id, {"status": S.WAKING})
+    report = await service.reconcile()
+    assert alive.id in report["adopted"] and report["hibernated"] == [saved.id]
+    assert (await service.get("t1", alive.id)).status == "running"
+    assert (await service.get("t1", saved.id)).status == "hibernated"
+    assert runtime.boxes[alive.id].alive

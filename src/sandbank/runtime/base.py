@@ -290,6 +290,13 @@ class Runtime(Protocol):
         """The image of a hibernated sandbox (after a restart too), if any."""
         ...
 
+    async def recover_checkpoint(self, sandbox_id: str) -> str:
+        """After a restart: finish what a checkpoint or restore cut off by a crash
+        left (a frozen sandbox whose agent let go of its socket is thawed and
+        given one) and say what the sandbox is: ``running`` (its channel
+        answers), ``hibernated`` (complete images, nothing runs) or ``gone``."""
+        ...
+
     async def running(self) -> set[str]:
         """Ids of every sandbox this driver has anything of on the host."""
         ...

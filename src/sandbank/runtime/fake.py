@@ -369,6 +369,11 @@ class FakeRuntime:
         image = f"{sandbox_id}/hib"
         return image if image in self.images else None
 
+    async def recover_checkpoint(self, sandbox_id: str) -> str:
+        if await self.is_alive(sandbox_id):
+            return "running"
+        return "hibernated" if self.hibernated_image(sandbox_id) else "gone"
+
     async def running(self) -> set[str]:
         return set(self.boxes)
 

@@ -48,6 +48,9 @@ from sandbank.runtime.linux.layout import SandboxDir
 from sandbank.runtime.linux.ocicli import OciCli
 
 META = "meta.json"
+#: In the sandbox dir while its agent is parked: the wake-up descriptor, so that
+#: a server restarted after a crash mid-checkpoint can give the agent a socket.
+PARKED = "parked.json"
 DISK_COPY = "disk.img"
 HANDOVER_SECONDS = 10.0
 
@@ -177,6 +180,7 @@ async def dump(
             f"let go of its socket for a checkpoint: {exc.message}"
         ) from exc
     wake_fd = int(parked["wake_fd"])
+    mark_parked(box, wake_fd)
     meta = Meta(sandbox_id, log_key, wake_fd, leave_running, time.time())
     dumped = False
     try:
@@ -250,6 +254,18 @@ async def restore(
     return agent
 
 
+def mark_parked(box: SandboxDir, wake_fd: int) -> None:
+    (box.root / PARKED).write_text(json.dumps({"wake_fd": wake_fd}))
+
+
+def parked_fd(box: SandboxDir) -> int | None:
+    """The wake-up descriptor of a parked agent, if its sandbox is marked parked."""
+    try:
+        return int(json.loads((box.root / PARKED).read_text())["wake_fd"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 async def hand_over(box: SandboxDir, pid: int, wake_fd: int) -> None:
     """Give the parked agent (host pid ``pid``) a new listening socket at
     ``box.socket`` and wait until it has it."""
@@ -305,3 +321,4 @@ async def hand_over(box: SandboxDir, pid: int, wake_fd: int) -> None:
         finally:
             fsflags.seal(box.run)
     await AgentClient(box.socket).wait_ready(timeout=HANDOVER_SECONDS)
+    (box.root / PARKED).unlink(missing_ok=True)

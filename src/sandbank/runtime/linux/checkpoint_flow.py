@@ -147,6 +147,39 @@ class Checkpointer:
             if in_place:
                 shutil.rmtree(images, ignore_errors=True)
 
+    async def recover(self, sandbox_id: str) -> str:
+        """After a restart, finish what a checkpoint or restore cut off by a crash
+        left, and say what the sandbox is now: ``running``, ``hibernated`` or ``gone``."""
+        rt = self.rt
+        box = rt._box(check_id(sandbox_id))
+        async with rt._lock(sandbox_id):
+            images = self.hibernated(sandbox_id)
+            agent = await rt.ocicli.init_process(sandbox_id)
+            wake_fd = checkpoint.parked_fd(box)
+            if agent is not None and wake_fd is not None:
+                # Cut off between park and hand-over: frozen, and deaf until given a socket.
+                try:
+                    with contextlib.suppress(OSError):
+                        rt._live_cgroup(sandbox_id).thaw()
+                    await checkpoint.hand_over(box, agent[0], wake_fd)
+                except Exception as exc:
+                    log.warning("recovering the parked agent of %s failed: %s", sandbox_id, exc)
+                    agent = None if images is not None else agent
+                else:
+                    if images is not None:
+                        shutil.rmtree(images, ignore_errors=True)
+                        images = None
+            if agent is not None:
+                if images is not None:
+                    # A wake whose container runs and answers: it is awake.
+                    shutil.rmtree(images, ignore_errors=True)
+                return "running"
+            if images is not None:
+                if rt.ocicli.state_dir(sandbox_id).exists():
+                    await self._stop_attempt(sandbox_id)
+                return "hibernated"
+            return "gone"
+
     async def _stop_attempt(self, sandbox_id: str) -> None:
         rt = self.rt
         target = rt._target(sandbox_id)
@@ -211,3 +244,6 @@ class CheckpointMethods:
     def hibernated_image(self, sandbox_id: str) -> str | None:
         image = self.checkpoints.hibernated(check_id(sandbox_id))
         return None if image is None else str(image)
+
+    async def recover_checkpoint(self, sandbox_id: str) -> str:
+        return await self.checkpoints.recover(sandbox_id)

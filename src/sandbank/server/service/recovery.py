@@ -84,7 +84,11 @@ class Recovery:
                 continue
             expired = record.expires_at is not None and record.expires_at <= now
             if record.status in HIBERNATION and not expired:
-                await self._reconcile_hibernation(record, report)
+                await self._reconcile_checkpointed(record, report)
+                continue
+            if record.status == S.RUNNING and not expired:
+                # A fork's source cut off mid-checkpoint is frozen and parked.
+                await self._reconcile_checkpointed(record, report)
                 continue
             # A paused sandbox stays frozen: adopted as it is.
             if record.status in (S.RUNNING, S.PAUSED) and not expired:
@@ -123,20 +127,21 @@ class Recovery:
         except SandbankError as exc:
             log.error("reconcile could not remove pool member %s: %s", member_id, exc)
 
-    async def _reconcile_hibernation(
+    async def _reconcile_checkpointed(
         self, record: SandboxRecord, report: dict[str, list[str]]
     ) -> None:
         """Hibernated: nothing runs, its images wait on disk. An interrupted
         hibernate or wake ends as whichever the host shows: running, or saved."""
-        if record.status != S.HIBERNATED and await self._runtime.adopt(record.id):
-            await self._store.update_sandbox(
-                record.id, {"status": S.RUNNING, "updated_at": self._clock()}
-            )
+        found = await self._runtime.recover_checkpoint(record.id)
+        if found == "running" and await self._runtime.adopt(record.id):
+            if record.status != S.RUNNING:
+                await self._store.update_sandbox(
+                    record.id, {"status": S.RUNNING, "updated_at": self._clock()}
+                )
             report["adopted"].append(record.id)
             return
-        if self._runtime.hibernated_image(record.id) is not None:
+        if found == "hibernated":
             if record.status != S.HIBERNATED:
-                # What a cut-off wake left running goes at the next wake; the images stay.
                 await self._store.update_sandbox(
                     record.id, {"status": S.HIBERNATED, "updated_at": self._clock()}
                 )
