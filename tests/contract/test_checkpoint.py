@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -181,3 +182,26 @@ async def test_recover_after_a_crash_mid_checkpoint(harness: Harness, holder: st
     assert await rt.recover_checkpoint(holder) == "hibernated"
     await rt.restore(holder, image)
     assert (await _report(h, holder))[0] == secret
+
+
+async def test_restored_sandboxes_keep_their_current_limits(harness: Harness) -> None:
+    """Limits changed after the start (a pool hand-out, a resize) are not in the
+    bundle runc restores from; they must still hold after a wake and in a fork."""
+    rt = harness.rt
+    spec = harness.spec(memory_mb=512, vcpu=1.0)
+    harness.ids.add(spec.id)
+    await rt.create(spec)
+    copy = f"{spec.id}k"
+    harness.ids.add(copy)
+    try:
+        await rt.customize(dataclasses.replace(spec, memory_mb=768, vcpu=2.0))
+        await rt.restore(spec.id, await rt.checkpoint(spec.id))
+        assert (await rt.usage(spec.id)).memory_limit_bytes == 768 * 2**20
+        image = await rt.checkpoint(spec.id, leave_running=True)
+        await rt.restore(copy, image)
+        await rt.discard_checkpoint(image)
+        assert (await rt.usage(copy)).memory_limit_bytes == 768 * 2**20
+        assert await harness.out(copy, "nproc") == await harness.out(spec.id, "nproc")
+    finally:
+        await rt.destroy(copy)
+        await rt.destroy(spec.id)

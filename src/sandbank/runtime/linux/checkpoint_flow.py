@@ -32,7 +32,8 @@ from sandbank.errors import (
 from sandbank.protocol.agent import SOCKET_DIR
 from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.agent_client import AgentClient
-from sandbank.runtime.linux import checkpoint, criu, fsflags, rootfs, teardown
+from sandbank.runtime.linux import checkpoint, criu, customize, fsflags, oci, rootfs, teardown
+from sandbank.runtime.linux.cgroups import Cgroup, Limits
 from sandbank.runtime.linux.layout import SandboxDir, SandboxRecord, check_id
 
 if TYPE_CHECKING:
@@ -124,8 +125,10 @@ class Checkpointer:
                 pid, start = await checkpoint.restore(
                     rt.ocicli, binary, sandbox_id, box, images, meta
                 )
+                cgroup = rt._live_cgroup(sandbox_id)
+                self._apply_limits(sandbox_id, box, cgroup)
                 # Saved frozen (see checkpoint.dump), so restored frozen.
-                rt._live_cgroup(sandbox_id).thaw()
+                cgroup.thaw()
                 await rt.network.attach(sandbox_id, pid, start, network or NetworkPolicy())
                 await checkpoint.hand_over(box, pid, meta.wake_fd)
             except BaseException as exc:
@@ -139,13 +142,23 @@ class Checkpointer:
                 if isinstance(exc, RuntimeFailure | InvalidState) or not isinstance(exc, Exception):
                     raise
                 raise RuntimeFailure(f"restoring sandbox {sandbox_id} failed: {exc}") from exc
-            record = SandboxRecord.load(box.record)
-            if record is not None:
-                with contextlib.suppress(OSError):
-                    rt.cgroups.cgroup(record.cgroups_path).set_cpus(rt._cpus.pick(record.vcpu))
             rt._channels[sandbox_id] = AgentClient(box.socket)
             if in_place:
                 shutil.rmtree(images, ignore_errors=True)
+
+    def _apply_limits(self, sandbox_id: str, box: SandboxDir, cgroup: Cgroup) -> None:
+        """The limits the sandbox has now (its record), not those of its bundle:
+        runc creates the cgroup from config.json, which a later ``customize``
+        (a pool hand-out, a resize) did not rewrite."""
+        record = SandboxRecord.load(box.record)
+        if record is None or record.vcpu <= 0:
+            return  # a record from before vcpu was kept: the bundle's limits stay
+        limits = Limits(
+            cpu_quota=oci.cpu_quota(record.vcpu), cpu_period=oci.CPU_PERIOD,
+            cpus=self.rt._cpus.pick(record.vcpu), memory=record.memory_mb * oci.MIB,
+            no_swap=True, pids=record.pids_limit,
+        )  # fmt: skip
+        customize.set_limits(cgroup, limits, sandbox_id)
 
     async def recover(self, sandbox_id: str) -> str:
         """After a restart, finish what a checkpoint or restore cut off by a crash
