@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -214,7 +215,9 @@ class Checkpointer:
             raise SandboxNotFound(f"the source sandbox {source} of this checkpoint is gone")
         box.root.mkdir(mode=0o711)
         cgroups_path = f"{rt.cgroup_parent.rstrip('/')}/sandbank/{sandbox_id}"
-        record = dataclasses.replace(record, id=sandbox_id, cgroups_path=cgroups_path)
+        record = dataclasses.replace(
+            record, id=sandbox_id, cgroups_path=cgroups_path, created_at=time.time()
+        )
         record.save(box.record)
         await checkpoint.copy_sparse(images / checkpoint.DISK_COPY, box.image)
         await asyncio.to_thread(
