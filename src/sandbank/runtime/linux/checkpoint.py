@@ -90,7 +90,7 @@ def images_dir(box: SandboxDir, leave_running: bool) -> Path:
     return box.root / f"fork-{secrets.token_hex(4)}"
 
 
-def _make_images_dir(path: Path) -> None:
+def make_images_dir(path: Path) -> None:
     """Readable by host root and by the sandbox's root group only. CRIU's restore
     reads some images (the time namespace's) from inside the new user
     namespace, before or after its ids are mapped: as host uid 0 without

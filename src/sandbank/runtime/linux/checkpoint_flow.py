@@ -84,7 +84,7 @@ class Checkpointer:
             images = checkpoint.images_dir(box, leave_running)
             if images.exists():
                 shutil.rmtree(images)
-            checkpoint._make_images_dir(images)
+            checkpoint.make_images_dir(images)
             try:
                 await checkpoint.dump(
                     rt.ocicli, binary, sandbox_id, box, images, cgroup, leave_running=leave_running
