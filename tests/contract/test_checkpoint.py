@@ -108,6 +108,8 @@ async def test_failed_checkpoint_leaves_the_sandbox_running(harness: Harness, ho
 async def test_fork_into_two(harness: Harness, holder: str) -> None:
     h, rt = harness, harness.rt
     secret, _ = await _report(h, holder)
+    # Written just before: still in the page cache, not yet on the disk image.
+    await h.out(holder, "head -c 3000000 /dev/urandom > ~/blob && sha256sum ~/blob > ~/blob.sum")
     image = await rt.checkpoint(holder, leave_running=True)
     copies = [f"{holder}k{n}" for n in range(2)]
     h.ids.update(copies)
@@ -120,6 +122,7 @@ async def test_fork_into_two(harness: Harness, holder: str) -> None:
         addresses = set()
         for sid in (holder, *copies):
             assert (await _report(h, sid))[0] == secret
+            assert await h.out(sid, "sha256sum -c --quiet ~/blob.sum && echo same") == "same"
             addresses.add(await h.out(sid, "ip -4 -o addr show eth0 | awk '{print $4}'"))
         assert len(addresses) == 3, addresses
         await h.out(copies[0], "echo mine > /home/user/only-in-0.txt")
