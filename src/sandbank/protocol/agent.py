@@ -129,8 +129,9 @@ CHUNK = 256 * 1024
 #: Inside the sandbox: where the agent listens and where its code is mounted.
 SOCKET_DIR = "/run/sandbank"
 SOCKET_NAME = "agent.sock"
-#: Where the runtime offers a parked agent its new listening socket.
-HANDOFF_NAME = "handoff.sock"
+#: Where the runtime offers a parked agent its new listening socket; no longer
+#: than SOCKET_NAME, whose full host path was checked to fit a socket address.
+HANDOFF_NAME = "handoff"
 AGENT_LIB = "/opt/sandbank/lib"
 
 
