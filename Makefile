@@ -36,6 +36,7 @@ bench: install-bench install-test
 	$(VENV)/python bench/lifecycle.py
 	$(VENV)/python bench/pty.py
 	$(VENV)/python bench/stream.py
+	$(VENV)/python bench/checkpoint.py
 
 # Regenerate the sync SDK from the async source.
 sync: install-test

@@ -148,6 +148,12 @@ class SandboxPaused(InvalidState):
     code = "sandbox_paused"
 
 
+class CheckpointFailed(Conflict):
+    """The sandbox holds state a checkpoint cannot save; it was left as it was."""
+
+    code = "checkpoint_failed"
+
+
 class FileExists(Conflict):
     code = "file_exists"
 
@@ -188,6 +194,13 @@ class Unsupported(SandbankError):
 class SandboxUnavailable(SandbankError):
     code = "sandbox_unavailable"
     status = 503
+
+
+class CheckpointUnsupported(SandbankError):
+    """Hibernate and fork need a working CRIU, which this host lacks (the message says why)."""
+
+    code = "checkpoint_unsupported"
+    status = 501
 
 
 class Timeout(SandbankError):

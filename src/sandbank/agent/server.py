@@ -196,7 +196,13 @@ def _warm_up() -> None:
     reaper.get()
 
 
+#: The listening socket, for ``park`` (see agent/parking.py).
+_listener: Any = None
+
+
 def _serve(listener: _socket.socket) -> None:
+    global _listener
+    _listener = listener
     # A signal may land on any thread, and Python runs its handler on the main
     # thread only once that thread runs Python code: a bare accept() could sleep
     # through SIGTERM. The wakeup fd makes the poll below return for it.
@@ -210,6 +216,8 @@ def _serve(listener: _socket.socket) -> None:
             if fd == wake_r:
                 with suppress(BlockingIOError):
                     os.read(wake_r, 512)
+            elif "sandbank.agent.parking" in sys.modules and _parking().parked():
+                _parking().unpark(listener)
             else:
                 _accept(listener)
 
@@ -251,6 +259,12 @@ def _handle(sock: _socket.socket) -> None:
         if _before_first_answer.locked():
             with suppress(RuntimeError):  # another handler let go of it first
                 _before_first_answer.release()
+
+
+def _parking() -> Any:
+    from sandbank.agent import parking
+
+    return parking
 
 
 def _errors() -> Any:
@@ -318,6 +332,9 @@ def _dispatch(conn: Conn, req: dict[str, Any]) -> None:
         from sandbank.agent import jobops
 
         getattr(jobops, _JOB_OPS[op])(conn, req)
+        return
+    if op == "park":
+        _parking().park(conn, _listener)
         return
     if op == "hostname":
         from sandbank.agent import system

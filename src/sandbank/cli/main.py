@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from sandbank import errors
 from sandbank.client import Sandbox
 
-from . import _files, _lifecycle, _processes, _render, _shell, _templates
+from . import _checkpoints, _files, _lifecycle, _processes, _render, _shell, _templates
 from ._options import ServerOptions, parse_pairs
 from ._transfer import copy
 
@@ -231,6 +231,7 @@ _shell.register(app)
 _lifecycle.register(app)
 _files.register(app)
 _templates.register(app)
+_checkpoints.register(app)
 
 
 @app.command()

@@ -27,6 +27,9 @@ Operations:
 ``mkdir``  {path, user} -> ok+created+entry
 ``remove`` {path, recursive} -> ok
 ``hostname`` {name} -> ok (/etc/hostname and the ``127.0.1.1`` line of /etc/hosts)
+``park`` -> ok {listen_fd, wake_fd, pipe} (before a checkpoint: the listening socket
+  is replaced by a pipe; a byte written to ``wake_fd`` makes the agent fetch a new
+  one from ``HANDOFF_NAME`` in its run dir; see agent/parking.py)
 
 File trees, batches, ownership, search and watches (docs/files.md):
 
@@ -180,6 +183,9 @@ FILE_CHUNK = 1024 * 1024
 #: Inside the sandbox: where the agent listens and where its code is mounted.
 SOCKET_DIR = "/run/sandbank"
 SOCKET_NAME = "agent.sock"
+#: Where the runtime offers a parked agent its new listening socket; no longer
+#: than SOCKET_NAME, whose full host path was checked to fit a socket address.
+HANDOFF_NAME = "handoff"
 AGENT_LIB = "/opt/sandbank/lib"
 
 

@@ -216,6 +216,16 @@ class TimeoutRequest(Strict):
     timeout: int
 
 
+class ForkRequest(Strict):
+    """``POST /v1/sandboxes/{id}/fork``: how many copies of the running sandbox."""
+
+    count: int = 1
+
+
+class ForkOut(BaseModel):
+    data: list[SandboxOut]
+
+
 class ExecRequest(Strict):
     cmd: list[Annotated[str, Field(max_length=131072)]] | None = None
     command: str | None = None

@@ -185,6 +185,10 @@ class AgentClient(AgentFileTree):
     async def ping(self) -> dict[str, Any]:
         return await self._call({"op": "ping"})
 
+    async def park(self) -> dict[str, Any]:
+        """Before a checkpoint: the agent lets go of its listening socket (agent/parking.py)."""
+        return await self._call({"op": "park"})
+
     async def set_hostname(self, name: str) -> None:
         """Put the sandbox's name in its /etc/hostname and /etc/hosts (not the kernel's)."""
         await self._call({"op": "hostname", "name": name})

@@ -370,6 +370,40 @@ class Runtime(Protocol):
 
     async def snapshot_ids(self) -> set[str]:
         """Ids of every snapshot with files on the host."""
+    # Checkpoints (hibernate, wake, fork; see docs/checkpoints.md).
+
+    def checkpoint_problem(self) -> str | None:
+        """Why checkpoints cannot work on this host, or None when they can."""
+        ...
+
+    async def checkpoint(self, sandbox_id: str, *, leave_running: bool = False) -> str:
+        """Save the running sandbox's processes and memory; returns the image.
+        Without ``leave_running`` (hibernation) the sandbox stops running and
+        holds no memory; its disk stays. With it, the image also carries a copy
+        of the disk and can make new sandboxes. Raises CheckpointFailed (the
+        sandbox is then left running as it was), CheckpointUnsupported."""
+        ...
+
+    async def restore_checkpoint(
+        self, sandbox_id: str, image: str, *, network: NetworkPolicy | None = None
+    ) -> None:
+        """Wake the image's own sandbox in place, or start ``sandbox_id`` as a new
+        copy of it (own disk copy and address) from a ``leave_running`` image."""
+        ...
+
+    async def discard_checkpoint(self, image: str) -> None:
+        """Remove a ``leave_running`` image once its copies are made; idempotent."""
+        ...
+
+    def hibernated_image(self, sandbox_id: str) -> str | None:
+        """The image of a hibernated sandbox (after a restart too), if any."""
+        ...
+
+    async def recover_checkpoint(self, sandbox_id: str) -> str:
+        """After a restart: finish what a checkpoint or restore cut off by a crash
+        left (a frozen sandbox whose agent let go of its socket is thawed and
+        given one) and say what the sandbox is: ``running`` (its channel
+        answers), ``hibernated`` (complete images, nothing runs) or ``gone``."""
         ...
 
     async def running(self) -> set[str]:

@@ -8,6 +8,7 @@ Its channel understands a handful of commands (``echo``, ``true``, ``false``,
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import posixpath
 import shlex
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sandbank.errors import (
+    CheckpointUnsupported,
     Conflict,
     DiskFull,
     FileNotFound,
@@ -322,6 +324,9 @@ class FakeRuntime(FakeTemplates):
         self.snapshots: dict[str, tuple[dict[str, bytes], set[str]]] = {}
         #: Bytes left on the "host" for snapshots; None: unlimited.
         self.snapshot_room: int | None = None
+        #: Checkpoint images: name -> (source id, saved sandbox); set to refuse them.
+        self.images: dict[str, tuple[str, FakeSandbox]] = {}
+        self.checkpoint_unsupported: str | None = None
 
     async def start(self) -> None:
         return None
@@ -352,6 +357,7 @@ class FakeRuntime(FakeTemplates):
         box.spec = dataclasses.replace(box.spec, network=policy)
 
     async def destroy(self, sandbox_id: str) -> None:
+        self.images.pop(f"{sandbox_id}/hib", None)
         if (box := self.boxes.pop(sandbox_id, None)) is not None:
             self.destroyed.append(sandbox_id)
             self.in_use[box.spec.template] -= 1
@@ -415,6 +421,42 @@ class FakeRuntime(FakeTemplates):
 
     async def snapshot_ids(self) -> set[str]:
         return set(self.snapshots)
+
+    def checkpoint_problem(self) -> str | None:
+        return self.checkpoint_unsupported
+
+    async def checkpoint(self, sandbox_id: str, *, leave_running: bool = False) -> str:
+        if self.checkpoint_unsupported:
+            raise CheckpointUnsupported(self.checkpoint_unsupported)
+        box = self.boxes.get(sandbox_id)
+        if box is None or not box.alive:
+            raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
+        image = f"{sandbox_id}/{'fork-' + str(len(self.images)) if leave_running else 'hib'}"
+        self.images[image] = (sandbox_id, copy.deepcopy(box))
+        box.alive = leave_running
+        return image
+
+    async def restore_checkpoint(
+        self, sandbox_id: str, image: str, *, network: NetworkPolicy | None = None
+    ) -> None:
+        source, saved = self.images[image]
+        box = copy.deepcopy(saved)
+        box.spec = dataclasses.replace(box.spec, id=sandbox_id, network=network)
+        self.boxes[sandbox_id] = box
+        if source == sandbox_id:
+            del self.images[image]
+
+    async def discard_checkpoint(self, image: str) -> None:
+        self.images.pop(image, None)
+
+    def hibernated_image(self, sandbox_id: str) -> str | None:
+        image = f"{sandbox_id}/hib"
+        return image if image in self.images else None
+
+    async def recover_checkpoint(self, sandbox_id: str) -> str:
+        if await self.is_alive(sandbox_id):
+            return "running"
+        return "hibernated" if self.hibernated_image(sandbox_id) else "gone"
 
     async def running(self) -> set[str]:
         return set(self.boxes)

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sandbank.runtime.base import Runtime
 from sandbank.server.api import (
     admin,
+    checkpoints,
     errors,
     exec_ws,
     files,
@@ -174,6 +175,7 @@ def create_app(
     for module in (
         system,
         sandboxes,
+        checkpoints,
         lifecycle,
         snapshots,
         processes,

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     template_build_apt_sources: list[str] = Field(default_factory=list)
     template_build_pip_index: str | None = None
     template_build_disk_gb: int = Field(default=4, ge=1, le=50)
+    #: criu for hibernate/fork; default: .cache/criu/bin/criu (scripts/criu.sh), then PATH.
+    criu_binary: str | None = None
 
     # Resource limits for a sandbox (Conway's ranges by default).
     vcpu_min: float = 1

@@ -293,6 +293,28 @@ class AsyncSandbox:
         self._info = SandboxInfo.from_dict(data)
         return self._info
 
+    async def hibernate(self) -> SandboxInfo:
+        """Save the sandbox's processes and memory to disk and stop it: it holds
+        no memory or CPU until ``wake``; its timeout keeps running. Idempotent."""
+        data = await self._connection.request_json("POST", f"{self._path}/hibernate")
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    async def wake(self) -> SandboxInfo:
+        """Restore a hibernated sandbox where it left off; idempotent."""
+        data = await self._connection.request_json("POST", f"{self._path}/wake")
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    async def fork(self, count: int = 1) -> builtins.list[Self]:
+        """``count`` new sandboxes with this one's running processes, memory and
+        files, each with its own id, disk and address; this one keeps running.
+        They share this handle's connection."""
+        data = await self._connection.request_json(
+            "POST", f"{self._path}/fork", json={"count": count}
+        )
+        return [type(self)(SandboxInfo.from_dict(d), self._connection) for d in data["data"]]
+
     async def update_network(
         self,
         *,

@@ -295,6 +295,28 @@ class Sandbox:
         self._info = SandboxInfo.from_dict(data)
         return self._info
 
+    def hibernate(self) -> SandboxInfo:
+        """Save the sandbox's processes and memory to disk and stop it: it holds
+        no memory or CPU until ``wake``; its timeout keeps running. Idempotent."""
+        data = self._connection.request_json("POST", f"{self._path}/hibernate")
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    def wake(self) -> SandboxInfo:
+        """Restore a hibernated sandbox where it left off; idempotent."""
+        data = self._connection.request_json("POST", f"{self._path}/wake")
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    def fork(self, count: int = 1) -> builtins.list[Self]:
+        """``count`` new sandboxes with this one's running processes, memory and
+        files, each with its own id, disk and address; this one keeps running.
+        They share this handle's connection."""
+        data = self._connection.request_json(
+            "POST", f"{self._path}/fork", json={"count": count}
+        )
+        return [type(self)(SandboxInfo.from_dict(d), self._connection) for d in data["data"]]
+
     def update_network(
         self,
         *,

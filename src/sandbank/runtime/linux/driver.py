@@ -44,6 +44,7 @@ from sandbank.runtime.linux import (
 )
 from sandbank.runtime.linux.accounting import UsageReader
 from sandbank.runtime.linux.cgroups import Cgroup, CgroupLayout, Limits, make_room
+from sandbank.runtime.linux.checkpoint_flow import Checkpointer, CheckpointMethods
 from sandbank.runtime.linux.layout import (
     MAX_SOCKET_PATH,
     SandboxDir,
@@ -68,7 +69,7 @@ class _Settings(Protocol):
     def template_root(self) -> Path: ...
 
 
-class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps):
+class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps, CheckpointMethods):
     name = "linux"
 
     def __init__(
@@ -85,6 +86,7 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps):
         ready_timeout: float = 20.0,
         network_cidr: str = network.DEFAULT_CIDR,
         network_dns: Iterable[str] = (),
+        criu_binary: str | None = None,
     ) -> None:
         """``template_seed``: an unshifted debootstrap of the recipe's packages to
         build from instead of downloading (offline hosts, tests).
@@ -117,6 +119,7 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps):
             state_dir=self.data_dir / "network",
         )  # fmt: skip
         self._cpus = customize.CpuSpread([])
+        self.checkpoints = Checkpointer(self, criu_binary)
         #: Seconds per create phase, by sandbox id (for benchmarks and the debug log).
         self.timings: dict[str, dict[str, float]] = {}
 
@@ -133,6 +136,7 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps):
             disk_pool_sizes=(getattr(settings, "disk_gb_default", 1),),
             network_cidr=getattr(settings, "network_cidr", network.DEFAULT_CIDR),
             network_dns=getattr(settings, "network_dns", None) or (),
+            criu_binary=getattr(settings, "criu_binary", None),
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -164,6 +168,7 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps):
         await asyncio.to_thread(agentlib.assemble, self.agent_lib)
         self.pool.start()
         await self.network.start()
+        await self.checkpoints.start()
         log.info(
             "linux runtime: %s, cgroup v%d%s under %s",
             binary, self.layout.version, " (hybrid)" if self.layout.hybrid else "",

@@ -23,6 +23,11 @@ class SandboxState(StrEnum):
     STOPPED = "stopped"
     #: A stopped sandbox's container being made again on its disk.
     STARTING = "starting"
+    #: Being saved to disk (CRIU); then hibernated: no process, no memory, only images.
+    HIBERNATING = "hibernating"
+    HIBERNATED = "hibernated"
+    #: Being restored from its images.
+    WAKING = "waking"
 
 
 S = SandboxState
@@ -30,7 +35,7 @@ S = SandboxState
 #: state -> states it may move to.
 TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
     S.CREATING: frozenset({S.RUNNING, S.POOLED, S.ERROR, S.KILLING}),
-    S.RUNNING: frozenset({S.KILLING, S.ERROR, S.PAUSED, S.STOPPING}),
+    S.RUNNING: frozenset({S.KILLING, S.ERROR, S.PAUSED, S.STOPPING, S.HIBERNATING}),
     # A paused sandbox may be stopped: its frozen processes are killed as they are.
     S.PAUSED: frozenset({S.RUNNING, S.KILLING, S.STOPPING}),
     S.STOPPING: frozenset({S.STOPPED, S.ERROR, S.KILLING}),
@@ -42,6 +47,11 @@ TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
     S.KILLED: frozenset(),
     # A pool member is handed out straight to running, or retired.
     S.POOLED: frozenset({S.RUNNING, S.KILLING}),
+    # Hibernation (service/checkpoints.py): a failed save goes back to running,
+    # a failed restore back to hibernated.
+    S.HIBERNATING: frozenset({S.HIBERNATED, S.RUNNING, S.KILLING, S.ERROR}),
+    S.HIBERNATED: frozenset({S.WAKING, S.KILLING}),
+    S.WAKING: frozenset({S.RUNNING, S.HIBERNATED, S.KILLING, S.ERROR}),
 }
 
 #: States that count against a tenant's quota. Pooled sandboxes hold host
@@ -50,6 +60,8 @@ TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
 ACTIVE: frozenset[SandboxState] = frozenset(
     {S.CREATING, S.RUNNING, S.PAUSED, S.KILLING, S.STOPPING, S.STARTING}
 )
+#: Hibernated sandboxes keep their place in the quota: waking needs no new room.
+ACTIVE |= {S.HIBERNATING, S.HIBERNATED, S.WAKING}
 
 #: States a tenant may see or filter on; the pool is internal.
 PUBLIC: frozenset[SandboxState] = frozenset(set(SandboxState) - {S.POOLED})
@@ -80,6 +92,9 @@ def _hint(state: SandboxState, sandbox_id: str) -> str:
         S.STOPPING: f"wait until it is stopped, then start it (POST {base}/start)",
         S.STOPPED: f"start it first (POST {base}/start)",
         S.RUNNING: f"stop it first (POST {base}/stop)",
+        S.HIBERNATED: f"wake it first (POST {base}/wake)",
+        S.HIBERNATING: "it is being hibernated",
+        S.WAKING: "it is waking up; try again in a moment",
     }.get(state, "")
 
 

@@ -33,6 +33,7 @@ from sandbank.runtime.base import (
 from sandbank.runtime.filetree import FileTreeChannel
 from sandbank.server.service import template_boot
 from sandbank.server.service.activity import ActiveChannel, ActiveTreeChannel
+from sandbank.server.service.checkpoints import CheckpointService
 from sandbank.server.service.idle import IdleTracker, check_policy
 from sandbank.server.service.lifecycle import (
     ACTIVE,
@@ -94,6 +95,10 @@ class SandboxService:
         self.idle = IdleTracker(store, clock)
         self.lifecycle = LifecycleOps(self)
         self.snapshots = SnapshotService(self)
+        self.checkpoints = CheckpointService(
+            store, runtime, clock, quota, lock=self._lock, get=self.get, kill=self._kill,
+            tenant_lock=self._tenant_lock, create_slots=self._create_slots,
+        )  # fmt: skip
 
     # -- helpers -------------------------------------------------------------------
 
@@ -349,7 +354,7 @@ class SandboxService:
         record = await self.get(tenant, sandbox_id)
         require(
             record.status,
-            frozenset({S.CREATING, S.RUNNING, S.PAUSED, S.STOPPED}),
+            frozenset({S.CREATING, S.RUNNING, S.PAUSED, S.STOPPED, S.HIBERNATED}),
             "set the timeout of",
             sandbox_id,
         )
@@ -357,7 +362,7 @@ class SandboxService:
         updated = await self._store.update_sandbox(
             sandbox_id,
             {"expires_at": now + timedelta(seconds=seconds), "updated_at": now},
-            only_from=[S.CREATING, S.RUNNING, S.PAUSED, S.STOPPED],
+            only_from=[S.CREATING, S.RUNNING, S.PAUSED, S.STOPPED, S.HIBERNATED],
         )
         if updated is None:
             return await self.get(tenant, sandbox_id)
