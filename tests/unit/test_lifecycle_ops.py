@@ -207,6 +207,30 @@ async def test_idle_pause_then_auto_resume(parts: Parts) -> None:
     assert result.stdout == b"hi\n" and not runtime.boxes[record.id].paused
 
 
+async def test_idle_hibernate_then_auto_wake(parts: Parts) -> None:
+    service, runtime, clock, _ = parts
+    record = await service.create(
+        "t1", CreateParams(idle_timeout=5, on_timeout="hibernate", auto_resume=True)
+    )
+    clock.advance(6)
+    assert await service.sweep() == [record.id]
+    assert (await service.get("t1", record.id)).status == "hibernated"
+    assert runtime.hibernated_image(record.id) is not None
+    clock.advance(60)
+    assert await service.sweep() == []  # hibernated: the action does not apply again
+    result = await service.exec("t1", record.id, ExecParams(cmd=["echo", "hi"]))
+    assert result.stdout == b"hi\n"
+    assert (await service.get("t1", record.id)).status == "running"
+
+
+async def test_hibernated_without_auto_resume_says_how_to_wake(parts: Parts) -> None:
+    service, _, _, _ = parts
+    record = await service.create("t1", CreateParams())
+    await service.checkpoints.hibernate("t1", record.id)
+    with pytest.raises(InvalidState, match="wake it first"):
+        await service.exec("t1", record.id, ExecParams(cmd=["true"]))
+
+
 async def test_idle_survives_restart(parts: Parts) -> None:
     service, runtime, clock, store = parts
     record = await service.create("t1", CreateParams())
@@ -225,7 +249,7 @@ async def test_idle_survives_restart(parts: Parts) -> None:
 async def test_policy_validation(parts: Parts) -> None:
     service, _, _, _ = parts
     with pytest.raises(ValidationFailed, match="on_timeout"):
-        await service.create("t1", CreateParams(idle_timeout=5, on_timeout="hibernate"))
+        await service.create("t1", CreateParams(idle_timeout=5, on_timeout="sleep"))
     record = await service.create("t1", CreateParams())
     with pytest.raises(ValidationFailed, match="idle_timeout"):
         await service.lifecycle.update("t1", record.id, UpdateParams(idle_timeout=-1))

@@ -78,7 +78,7 @@ def update(
     idle_timeout: Annotated[
         int | None, typer.Option(help="Seconds without activity before --on-timeout; 0: none.")
     ] = None,
-    on_timeout: Annotated[str | None, typer.Option(help="kill or pause.")] = None,
+    on_timeout: Annotated[str | None, typer.Option(help="kill, pause or hibernate.")] = None,
     auto_resume: Annotated[
         bool | None,
         typer.Option("--auto-resume/--no-auto-resume", help="Resume on any call when paused."),

@@ -77,7 +77,7 @@ class CreateSandboxRequest(Strict):
     snapshot: str | None = None
     #: Seconds without any operation on the sandbox before ``on_timeout``.
     idle_timeout: StrictInt | None = None
-    on_timeout: Literal["kill", "pause"] | None = None
+    on_timeout: Literal["kill", "pause", "hibernate"] | None = None
     #: Operations on a paused sandbox resume it instead of answering 409.
     auto_resume: bool = False
 
@@ -171,7 +171,7 @@ class UpdateSandboxRequest(Strict):
     vcpu: float | None = None
     memory_mb: StrictInt | None = None
     idle_timeout: StrictInt | None = None
-    on_timeout: Literal["kill", "pause"] | None = None
+    on_timeout: Literal["kill", "pause", "hibernate"] | None = None
     auto_resume: bool | None = None
 
 

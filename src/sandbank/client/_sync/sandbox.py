@@ -123,8 +123,8 @@ class Sandbox:
         over deny (``deny_out=[ALL_TRAFFIC]`` plus ``allow_out`` is an allow
         list). ``snapshot`` (id or name) starts it on a copy of that snapshot's
         disk. ``idle_timeout`` seconds without any operation on it lead to
-        ``on_timeout`` (``kill`` or ``pause``); ``auto_resume`` makes calls on a
-        paused sandbox resume it.
+        ``on_timeout`` (``kill``, ``pause`` or ``hibernate``); ``auto_resume`` makes
+        calls on a paused or hibernated sandbox resume or wake it.
         """
         body: dict[str, Any] = {"template": template}
         optional: dict[str, Any] = {

@@ -36,6 +36,7 @@ S = SandboxState
 ON_TIMEOUT: dict[str, frozenset[SandboxState]] = {
     "kill": frozenset({S.RUNNING, S.PAUSED}),
     "pause": frozenset({S.RUNNING}),
+    "hibernate": frozenset({S.RUNNING}),
 }
 
 

@@ -84,6 +84,7 @@ class LifecycleOps:
         return {
             "kill": lambda r: svc._kill(r.id, "idle"),
             "pause": lambda r: svc.pause(r.tenant, r.id),
+            "hibernate": lambda r: svc.checkpoints.hibernate(r.tenant, r.id),
         }
 
     def spec_of(self, record: SandboxRecord) -> SandboxSpec:

@@ -147,11 +147,15 @@ class SandboxService:
     async def _running(
         self, tenant: str, sandbox_id: str, operation: str, *, resume: bool = True
     ) -> SandboxRecord:
-        """``resume``: resume a paused sandbox with ``auto_resume`` (never when the
-        caller holds the sandbox's lock, which resuming takes)."""
+        """``resume``: resume a paused or wake a hibernated sandbox with
+        ``auto_resume`` (never when the caller holds the sandbox's lock, which
+        both take)."""
         record = await self.get(tenant, sandbox_id)
-        if resume and record.status == S.PAUSED and record.auto_resume:
-            record = await self.resume(tenant, sandbox_id)
+        if resume and record.auto_resume:
+            if record.status == S.PAUSED:
+                record = await self.resume(tenant, sandbox_id)
+            elif record.status == S.HIBERNATED:
+                record = await self.checkpoints.wake(tenant, sandbox_id)
         require(record.status, frozenset({S.RUNNING}), operation, sandbox_id)
         return record
 
