@@ -54,6 +54,15 @@ async def mounted(image: Path, point: Path) -> AsyncIterator[Path]:
             point.rmdir()
 
 
+async def release_abandoned(store: TemplateStore, name: str) -> None:
+    """Unmount snapshots a server killed mid-copy left mounted in abandoned work
+    dirs of template ``name``, so that removing those dirs can succeed (the loop
+    device clears itself with the unmount)."""
+    for mount in mounts.under(store.root / name):
+        if mount.point.name == "snapshot" and mount.point.parent.name.startswith(".build-"):
+            await mounts.unmount(mount.point)
+
+
 async def install(store: TemplateStore, image: Path, info: TemplateInfo) -> TemplateInfo:
     """Template ``info.name`` from the snapshot disk ``image``, stacked on the
     trees of ``info.base`` and cached under ``info.recipe_hash``."""
@@ -63,6 +72,8 @@ async def install(store: TemplateStore, image: Path, info: TemplateInfo) -> Temp
         raise SnapshotNotFound(f"snapshot disk {image.parent.name} has no files on this host")
     base = store.resolve(info.base)
     lowers = store.lowers(base)
+    catalog.check_name(info.name)
+    await release_abandoned(store, info.name)
     started = time.monotonic()
 
     async def fill(rootfs: Path) -> dict[str, object]:
