@@ -131,7 +131,7 @@ class AsyncApiConnection:
         json: Any = None,
     ) -> AsyncIterator[bytes]:
         """The response body chunk by chunk, never held whole in memory."""
-        return self.stream(method, path, params=params, timeout=timeout)
+        return self.stream(method, path, params=params, json=json, timeout=timeout)
 
     async def stream(
         self,

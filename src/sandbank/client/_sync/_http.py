@@ -133,7 +133,7 @@ class ApiConnection:
         json: Any = None,
     ) -> Iterator[bytes]:
         """The response body chunk by chunk, never held whole in memory."""
-        return self.stream(method, path, params=params, timeout=timeout)
+        return self.stream(method, path, params=params, json=json, timeout=timeout)
 
     def stream(
         self,
