@@ -54,8 +54,8 @@ def unique(prefix: str) -> str:
 
 
 def snapshot_mounts(server: ServerProcess) -> list[str]:
-    """Snapshot images still mounted (copies under the templates dir) or bound to
-    a loop device: the run's leak check looks at neither."""
+    """Snapshot images mounted where the server can see them (the copy mounts
+    them in a namespace of its own) or still bound to a loop device."""
     with open("/proc/self/mounts") as fh:
         found = [line for line in fh if f"{TEMPLATES}/" in line and "/.build-" in line]
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
@@ -117,28 +117,6 @@ def test_template_from_snapshot(
     assert api.delete(f"/v1/templates/{name}").status_code == 409
     assert api.delete(f"/v1/sandboxes/{box['id']}").status_code == 204
     assert snapshot_mounts(server) == []
-
-
-def test_a_copy_cut_short_is_released(
-    api: httpx.Client, make_sandbox: Make, names: list[str], server: ServerProcess
-) -> None:
-    """A server killed mid-copy leaves the snapshot mounted in an abandoned work
-    dir: the next attempt at that name unmounts it and removes the dir."""
-    source = make_sandbox()["id"]
-    snap = api.post(f"/v1/sandboxes/{source}/snapshots").json()
-    name = unique("cut")
-    names.append(name)
-    abandoned = TEMPLATES / name / ".build-dead0000"
-    point = abandoned / "snapshot"
-    point.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)], check=True)
-    try:
-        made = api.post("/v1/templates/from-snapshot", json={"name": name, "snapshot": snap["id"]})
-        assert made.status_code == 201, made.text
-        assert snapshot_mounts(server) == [] and not abandoned.exists()
-    finally:
-        subprocess.run(["umount", str(point)], capture_output=True)
-    assert api.delete(f"/v1/snapshots/{snap['id']}").status_code == 204
 
 
 def test_names_unknown_and_foreign_snapshots(

@@ -27,7 +27,6 @@ _libc.mount.argtypes = [
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
-MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOATIME = 0x400
@@ -43,7 +42,6 @@ LOOP_CLR_FD = 0x4C01
 LOOP_SET_STATUS64 = 0x4C04
 LOOP_GET_STATUS64 = 0x4C05
 LOOP_CONFIGURE = 0x4C0A
-LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4
 #: struct loop_info64: device, inode, rdevice, offset, sizelimit; number, encrypt
 #: type, key size, flags; file name, crypt name, key; init[2].
@@ -84,19 +82,17 @@ def setns(fd: int, nstype: int) -> None:
         raise _fail("setns")
 
 
-def attach_loop(
-    image: str | os.PathLike[str], attempts: int = 20, read_only: bool = False
-) -> tuple[str, int]:
+def attach_loop(image: str | os.PathLike[str], attempts: int = 20) -> tuple[str, int]:
     """Bind ``image`` to a free loop device; returns its path and an open descriptor.
 
     The device is set to clear itself (autoclear) once nothing holds it any
     more: the caller mounts it and then closes the descriptor, so unmounting
     releases the device, and a failed mount releases it at that close.
-    ``read_only``: the device refuses writes, so the image is only ever read.
     """
-    flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_READ_ONLY if read_only else 0)
-    info = _LOOP_INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, flags, os.fsencode(image)[:63], b"", b"", 0, 0)
-    backing = os.open(image, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+    info = _LOOP_INFO64.pack(
+        0, 0, 0, 0, 0, 0, 0, 0, LO_FLAGS_AUTOCLEAR, os.fsencode(image)[:63], b"", b"", 0, 0
+    )
+    backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
     try:
         control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
         try:
