@@ -248,6 +248,45 @@ async def test_store_install_stack_alias_delete(tmp_path: Path) -> None:
     assert missing.value.details["templates"] == ["base0"]
 
 
+async def test_recipe_rebuild_keeps_a_tree_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recipe changed back to an earlier version whose tree is still in use
+    gets that tree back as it is: never built again over it, never replaced."""
+    from dataclasses import replace
+
+    import sandbank.runtime.templates as templates_module
+    from sandbank.runtime.templates.recipe import BASE
+
+    builds: list[str] = []
+
+    async def fake_build(recipe: Any, rootfs: Path, **_: Any) -> None:
+        builds.append(recipe.setup)
+        rootfs.mkdir(parents=True)
+        (rootfs / "marker").write_text(recipe.setup)
+
+    monkeypatch.setattr(templates_module, "build_rootfs", fake_build)
+    first = replace(BASE, name="r", setup="one")
+    store = TemplateStore(tmp_path, recipes={"r": first})
+    await store.ensure("r")
+    old_tree = tmp_path / "r" / first.digest()[:16]
+    inode = (old_tree / "rootfs" / "marker").stat().st_ino
+    # Another template stacks on that tree (as a running sandbox's mount would hold it).
+    _put(store, "app", "9" * 64, [str((old_tree / "rootfs").relative_to(tmp_path))])
+
+    store.recipes = {"r": replace(first, setup="two")}
+    await store.ensure("r")
+    assert old_tree.is_dir() and store.lower("r") != old_tree / "rootfs"
+
+    store.recipes = {"r": first}
+    info = await store.ensure("r")
+    assert info.ready and info.recipe_hash == first.digest()
+    assert store.lower("r") == old_tree / "rootfs"
+    assert (old_tree / "rootfs" / "marker").stat().st_ino == inode
+    assert builds == ["one", "two"]
+    assert [p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".build")] == []
+
+
 # -- images ---------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
 """``sandbank templates``: list (the default), build from a spec file, import
-an image archive, alias, remove."""
+an image archive, make one from a snapshot, alias, remove."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from . import _render
 from ._options import ServerOptions
 
 app = typer.Typer(
-    help="Templates: list (default), build, import, alias, rm.", invoke_without_command=True
+    help="Templates: list (default), build, import, from-snapshot, alias, rm.",
+    invoke_without_command=True,
 )
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Name = Annotated[str, typer.Argument(help="Template name (or alias).")]
@@ -155,6 +156,24 @@ def import_image(
             name, str(Path(path).absolute()), aliases=alias or [], upload=upload
         )
     _show(info, as_json)
+
+
+@app.command("from-snapshot")
+def from_snapshot(
+    ctx: typer.Context,
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id or name (yours).")],
+    name: Annotated[str, typer.Argument(help="Name of the new template.")],
+    alias: Annotated[list[str] | None, typer.Option(help="An alias to give it.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Make a template of a snapshot's files, stacked on the snapshot's template."""
+    with _client(ctx) as client:
+        result = client.from_snapshot(snapshot, name, aliases=alias or [])
+    if as_json:
+        _render.print_json(result.to_dict())
+        return
+    how = "cached" if result.cached else f"made in {result.seconds:.1f}s"
+    typer.echo(f"{result.template.name} ({how})")
 
 
 @app.command("alias")

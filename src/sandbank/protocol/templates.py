@@ -109,3 +109,10 @@ class ImportTemplateRequest(_Strict):
 
 class AliasRequest(_Strict):
     alias: str
+
+
+class SnapshotTemplateRequest(_Strict):
+    name: str
+    #: Id or name of one of the caller's snapshots.
+    snapshot: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)

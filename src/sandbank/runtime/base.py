@@ -168,7 +168,8 @@ class TemplateInfo:
     #: the spec's content hash (with its base's) for ``built``, the image's for ``image``.
     recipe_hash: str | None = None
     size_bytes: int | None = None
-    #: ``recipe`` (debootstrap), ``built`` (a spec built on ``base``) or ``image`` (imported).
+    #: ``recipe`` (debootstrap), ``built`` (a spec built on ``base``), ``image``
+    #: (imported) or ``snapshot`` (a snapshot's layer on ``base``).
     kind: str = "recipe"
     base: str | None = None
     aliases: tuple[str, ...] = ()
@@ -281,6 +282,13 @@ class Runtime(Protocol):
         """Make what the (paused) sandbox changed over its template a new read-only
         template ``info.name`` stacked on ``info.base``, with ``info``'s settings;
         replaces an older template of that name (sandboxes on it keep their tree)."""
+        ...
+
+    async def template_from_snapshot(self, snapshot_id: str, info: TemplateInfo) -> TemplateInfo:
+        """Make the writable layer kept in snapshot ``snapshot_id`` a new read-only
+        template ``info.name`` stacked on ``info.base`` (the snapshot's template),
+        with ``info``'s settings; the same ``info.recipe_hash`` keeps the tree there.
+        SnapshotNotFound if the snapshot has no files here."""
         ...
 
     async def import_template(

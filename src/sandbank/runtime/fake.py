@@ -2,7 +2,8 @@
 fast unit tests of the service. It runs nothing on the host.
 
 Its channel understands a handful of commands (``echo``, ``true``, ``false``,
-``exit N`` through ``bash -c``) and keeps files in a dict.
+``exit N`` through ``bash -c``) and keeps files in a dict (directory trees,
+batches, chmod/chown, find and watches over them: fake_files.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from sandbank.runtime.base import (
     SandboxSpec,
     SandboxUsage,
 )
+from sandbank.runtime.fake_files import FakeFileTree
+from sandbank.runtime.fake_files import resolve as _abs
 from sandbank.runtime.fake_templates import FakeTemplates
 
 
@@ -52,11 +55,6 @@ class FakeSandbox:
     dirs: set[str] = field(default_factory=lambda: {"/", "/home", "/home/user", "/root"})
     alive: bool = True
     paused: bool = False
-
-
-def _abs(path: str, user: str = "user") -> str:
-    home = "/root" if user == "root" else "/home/user"
-    return posixpath.normpath(posixpath.join(home, path))
 
 
 def _unwrap(cmd: list[str]) -> list[str]:
@@ -116,25 +114,12 @@ class _FakeJob:
         )
 
 
-class FakeChannel:
+class FakeChannel(FakeFileTree):
     def __init__(self, box: FakeSandbox) -> None:
         self._box = box
 
     def _entry(self, path: str) -> FileEntry:
-        is_dir = path in self._box.dirs
-        if not is_dir and path not in self._box.files:
-            raise FileNotFound(f"{path} does not exist")
-        return FileEntry(
-            name=posixpath.basename(path) or "/",
-            path=path,
-            type="dir" if is_dir else "file",
-            size=0 if is_dir else len(self._box.files[path]),
-            mode=0o755 if is_dir else 0o644,
-            permissions="rwxr-xr-x" if is_dir else "rw-r--r--",
-            owner="user",
-            group="user",
-            modified_at=time.time(),
-        )
+        return self._tree_entry(path)
 
     async def exec(self, spec: ExecSpec) -> ExecResult:
         if not self._box.alive:

@@ -9,12 +9,14 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from sandbank.errors import InvalidState, TemplateNotFound, ValidationFailed
+from sandbank.errors import InvalidState, SnapshotNotFound, TemplateNotFound, ValidationFailed
 from sandbank.runtime.base import TemplateInfo
 
 
 class FakeTemplates:
     template_names: tuple[str, ...]
+    #: Snapshot id -> (files, dirs) (the runtime's snapshots).
+    snapshots: dict[str, tuple[dict[str, bytes], set[str]]]
 
     def __init__(self) -> None:
         self.built: dict[str, TemplateInfo] = {}
@@ -52,6 +54,16 @@ class FakeTemplates:
             raise InvalidState(f"base template {info.base!r} does not exist")
         self.built[info.name] = dataclasses.replace(
             info, ready=True, kind="built", built_at=time.time()
+        )
+        return self._info(info.name)
+
+    async def template_from_snapshot(self, snapshot_id: str, info: TemplateInfo) -> TemplateInfo:
+        if snapshot_id not in self.snapshots:
+            raise SnapshotNotFound(f"snapshot {snapshot_id} has no files")
+        if info.base is None or info.base not in self._names():
+            raise InvalidState(f"base template {info.base!r} does not exist")
+        self.built[info.name] = dataclasses.replace(
+            info, ready=True, kind="snapshot", built_at=time.time()
         )
         return self._info(info.name)
 

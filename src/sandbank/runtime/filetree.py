@@ -1,9 +1,9 @@
 """What a channel offers beyond single files: directory trees as tar streams,
 batches, ownership, search and watches.
 
-A separate Protocol from ``SandboxChannel``: a runtime may lack it (the fake
-runtime does), and the service then answers ``unsupported`` plainly instead of
-every runtime having to carry it.
+A separate Protocol from ``SandboxChannel``: a runtime may lack it, and the
+service then answers ``unsupported`` plainly instead of every runtime having
+to carry it. (The fake runtime has it over its in-memory files: fake_files.py.)
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Templates: build one from a spec (log streamed to a callback), import an OCI
-image archive on the server's host, list, get, alias, delete.
+image archive on the server's host, make one from a snapshot, list, get,
+alias, delete.
 
 A spec is a dict (see docs/templates.md): ``base``, ``apt``, ``apt_sources``,
 ``pip``, ``pip_index_url``, ``files``, ``run``, ``env``, ``workdir``, ``start``,
@@ -140,6 +141,25 @@ class AsyncTemplates:
                 "POST", "/v1/templates/import", json=body, timeout=timeout
             )
         return TemplateInfo.from_dict(data)
+
+    async def from_snapshot(
+        self,
+        snapshot: str,
+        name: str,
+        *,
+        aliases: Iterable[str] = (),
+        timeout: float | None = 1800,
+    ) -> TemplateBuild:
+        """Template ``name`` from one of your snapshots (id or name): its files,
+        deletions included, over the snapshot's template, whose settings it takes.
+        The same snapshot again answers from the cache (``.cached``); a name taken
+        by another template raises ``Conflict``, an unknown snapshot
+        ``SnapshotNotFound``. Needs an admin key: templates are shared."""
+        body = {"name": name, "snapshot": snapshot, "aliases": list(aliases)}
+        data = await self._connection.request_json(
+            "POST", "/v1/templates/from-snapshot", json=body, timeout=timeout
+        )
+        return TemplateBuild.from_dict(data)
 
     async def close(self) -> None:
         await self._connection.close()

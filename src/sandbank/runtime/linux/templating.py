@@ -8,11 +8,16 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from sandbank.errors import InvalidState, RuntimeFailure
 from sandbank.runtime.base import TemplateInfo
+from sandbank.runtime.linux import snapshot_template, snapshots
 from sandbank.runtime.linux.layout import SandboxDir
 from sandbank.runtime.templates import TemplateStore, catalog, image, layer
+
+if TYPE_CHECKING:
+    from sandbank.runtime.linux.driver import LinuxRuntime
 
 
 class TemplateOps:
@@ -46,6 +51,10 @@ class TemplateOps:
             }
 
         return await self.store.install(info.name, fill)
+
+    async def template_from_snapshot(self, snapshot_id: str, info: TemplateInfo) -> TemplateInfo:
+        disk_image = snapshots.image_of(cast("LinuxRuntime", self), snapshot_id)
+        return await snapshot_template.install(self.store, disk_image, info)
 
     async def import_template(
         self, name: str, archive: str, on_progress: Callable[[str], None] | None = None

@@ -52,6 +52,18 @@ def _tree_size(root: Path) -> int:
     return total
 
 
+async def _settle(work: Path, final: Path) -> None:
+    """Move the finished tree ``work`` to ``final``, unless the same content is
+    there already (current, or an earlier version sandboxes may still run on):
+    then that tree stays, never replaced under a mount, and ``work`` goes."""
+    if (final / "meta.json").is_file():
+        await asyncio.to_thread(shutil.rmtree, work)
+        return
+    if final.exists():  # no meta.json: a copy cut short, which nothing mounts
+        await asyncio.to_thread(shutil.rmtree, final)
+    os.rename(work, final)
+
+
 class TemplateStore:
     def __init__(
         self,
@@ -161,25 +173,15 @@ class TemplateStore:
             meta.setdefault("built_at", time.time())
             (work / "meta.json").write_text(json.dumps(meta, indent=1))
             final = base / digest[:16]
-            if (final / "meta.json").is_file():
-                # The same content is there already (current, or an earlier version
-                # sandboxes may still run on): keep that tree, never replace it.
-                await asyncio.to_thread(shutil.rmtree, work)
-            else:
-                if final.exists():
-                    await asyncio.to_thread(shutil.rmtree, final)
-                os.rename(work, final)
+            await _settle(work, final)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, work, True)
             if not any(base.iterdir()):
                 base.rmdir()
             raise
-        link = base / f".current-{secrets.token_hex(4)}"
-        os.symlink(final.name, link)
-        os.replace(link, base / "current")
+        self._make_current(base, final)
         if progress:
             progress(f"template {name!r} ready ({size // (1024 * 1024)} MiB)")
-        self._prune(base, keep=final.name)
         return self.info(name)
 
     def delete(self, name: str) -> None:
@@ -259,6 +261,13 @@ class TemplateStore:
             progress(f"removing abandoned build {stale.name}")
             await asyncio.to_thread(shutil.rmtree, stale, True)
         digest = recipe.digest()
+        final = base / digest[:16]
+        if (final / "meta.json").is_file():
+            # Built before and kept (sandboxes still run on it, or another template
+            # stacks on it): that tree is this recipe's; make it current again.
+            progress(f"template {recipe.name!r} of this recipe is on disk already")
+            self._make_current(base, final)
+            return
         work = base / f".build-{secrets.token_hex(4)}"
         work.mkdir(parents=True)
         try:
@@ -276,17 +285,17 @@ class TemplateStore:
                 "seeded": self.seed is not None,
             }
             (work / "meta.json").write_text(json.dumps(meta, indent=1))
-            final = base / digest[:16]
-            if final.exists():
-                await asyncio.to_thread(shutil.rmtree, final)
-            os.rename(work, final)
+            await _settle(work, final)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, work, True)
             raise
+        self._make_current(base, final)
+        progress(f"template {recipe.name!r} ready ({size // (1024 * 1024)} MiB)")
+
+    def _make_current(self, base: Path, final: Path) -> None:
         link = base / f".current-{secrets.token_hex(4)}"
         os.symlink(final.name, link)
         os.replace(link, base / "current")
-        progress(f"template {recipe.name!r} ready ({size // (1024 * 1024)} MiB)")
         self._prune(base, keep=final.name)
 
     def _prune(self, base: Path, keep: str) -> None:

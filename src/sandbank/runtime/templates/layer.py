@@ -27,6 +27,11 @@ async def copy_upper(upper: Path, layer: Path) -> None:
     # -a: owners, modes, hard links, device nodes (whiteouts) and xattrs (opaque
     # dirs, file capabilities); the copy is a plain tree nobody writes to again.
     await _proc.run(["cp", "-a", f"{upper}/.", str(layer)], timeout=1800, new_session=True)
+    drop_per_sandbox(layer)
+
+
+def drop_per_sandbox(layer: Path) -> None:
+    """Remove from a copied layer the files every sandbox gets its own of."""
     for rel in PER_SANDBOX:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             os.unlink(layer / rel)

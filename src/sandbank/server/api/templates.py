@@ -1,4 +1,5 @@
-"""/v1/templates: list, get, build (streamed NDJSON), import, alias, delete.
+"""/v1/templates: list, get, build (streamed NDJSON), import, from a snapshot,
+alias, delete.
 
 A build answers 200 with one JSON event a line as it happens:
 ``{"type": "step", "step", "total", "title", "elapsed"}``,
@@ -21,7 +22,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from sandbank.errors import SandbankError
-from sandbank.protocol.templates import AliasRequest, BuildTemplateRequest, ImportTemplateRequest
+from sandbank.protocol.templates import (
+    AliasRequest,
+    BuildTemplateRequest,
+    ImportTemplateRequest,
+    SnapshotTemplateRequest,
+)
 from sandbank.runtime.base import TemplateInfo
 from sandbank.server.api.deps import Caller, Svc
 from sandbank.server.service.keys import require_admin
@@ -134,6 +140,23 @@ async def import_uploaded(
     require_admin(caller)
     info = await _templates(svc).import_upload(name, request.stream(), tuple(alias or ()))
     return template_out(info)
+
+
+@router.post("/from-snapshot", status_code=201)
+async def template_from_snapshot(
+    body: SnapshotTemplateRequest, svc: Svc, caller: Caller, response: Response
+) -> dict[str, Any]:
+    """The snapshot's files as a template on its template: 201, or 200 with
+    ``cached`` when the same snapshot made it before (shaped like a build's result)."""
+    require_admin(caller)
+    started = time.monotonic()
+    info, cached = await _templates(svc).from_snapshot(
+        caller.tenant, body.name, body.snapshot, tuple(body.aliases)
+    )
+    if cached:
+        response.status_code = 200
+    seconds = round(time.monotonic() - started, 3)
+    return {"cached": cached, "seconds": seconds, "template": template_out(info)}
 
 
 @router.get("/{name}")

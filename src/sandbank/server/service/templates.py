@@ -25,6 +25,7 @@ from sandbank.errors import InvalidState, PayloadTooLarge, ValidationFailed
 from sandbank.protocol.templates import ReadySpec, StartSpec, TemplateSpec
 from sandbank.runtime.base import Runtime, SandboxSpec, TemplateInfo
 from sandbank.runtime.templates.catalog import check_alias, check_name
+from sandbank.server.service import template_snapshot
 from sandbank.server.service.lifecycle import SandboxState
 from sandbank.server.service.template_build import (
     BuildDefaults,
@@ -153,6 +154,12 @@ class TemplateService:
             return await self.import_image(name, str(archive), aliases)
         finally:
             archive.unlink(missing_ok=True)
+
+    async def from_snapshot(
+        self, tenant: str, name: str, snapshot: str, aliases: tuple[str, ...] = ()
+    ) -> tuple[TemplateInfo, bool]:
+        """Template ``name`` from ``tenant``'s snapshot (see template_snapshot)."""
+        return await template_snapshot.make(self, tenant, name, snapshot, aliases)
 
     # -- building ------------------------------------------------------------------
 
