@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from sandbank.runtime.agent_client import _Link
+
+
+#: Send buffer of an upload's connection to the agent (the kernel caps it at wmem_max).
+UPLOAD_SNDBUF = 4 * 1024 * 1024
 
 
 def _entry(raw: dict[str, Any]) -> FileEntry:
@@ -62,6 +67,9 @@ class AgentFileTree:
         closes the connection without Z, and the agent discards everything.
         """
         async with self._open(request) as link:
+            # Room for whole frames in the socket: the agent takes them in as
+            # they come, instead of the loop waking for every 200 KiB it drains.
+            link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UPLOAD_SNDBUF)
             answer = asyncio.ensure_future(link.json())
             # The pieces (an HTTP body comes in whatever sizes the network gives)
             # are gathered into frames of FILE_CHUNK, copied once: per frame the
