@@ -65,6 +65,12 @@ def test_same_answers_as_the_agent_and_nothing_outside(
         for path, want in cases.items():
             resp = api.get(url(sandbox), params={"path": path})
             assert (resp.status_code, resp.content) == (200, want), path
+        # Served from the host, the length is known up front; through the agent it is not.
+        assert api.get(url(sandbox), params={"path": "/home/user/a.txt"}).headers.get(
+            "content-length"
+        ) == "3"
+        shm = api.get(url(sandbox), params={"path": "/dev/shm/s"})
+        assert shm.headers.get("transfer-encoding") == "chunked"
         assert api.get(url(sandbox), params={"path": "/home/user/up"}).status_code == 404
         assert api.get(url(sandbox), params={"path": marker}).status_code == 404
         assert api.get(url(sandbox), params={"path": "/home/user/fifo"}).status_code == 400

@@ -43,6 +43,7 @@ from pathlib import Path
 from sandbank.errors import SandboxUnavailable
 from sandbank.protocol.agent import SOCKET_DIR
 from sandbank.runtime.agent_client import AgentClient
+from sandbank.runtime.filetree import SizedStream
 from sandbank.runtime.linux.kernel import process_start
 from sandbank.runtime.linux.oci import ID_RANGE, ID_SHIFT
 
@@ -196,7 +197,9 @@ class HostReadAgentClient(AgentClient):
         self._init_process = init_process
 
     def read_file(self, path: str) -> AsyncIterator[bytes]:
-        return self._read(path)
+        stream = SizedStream()
+        stream.chunks = self._read(path, stream)
+        return stream
 
     async def _open_host(self, path: str) -> int | None:
         if _is_retired(self.socket_path):
@@ -212,7 +215,7 @@ class HostReadAgentClient(AgentClient):
             return None
         return fd
 
-    async def _read(self, path: str) -> AsyncIterator[bytes]:
+    async def _read(self, path: str, stream: SizedStream) -> AsyncIterator[bytes]:
         fd = await self._open_host(path)
         if fd is None:
             async for chunk in super().read_file(path):
@@ -221,15 +224,20 @@ class HostReadAgentClient(AgentClient):
         held = _HostFile(fd)
         _reading.setdefault(self.socket_path, set()).add(held)
         try:
+            # The length is stated up front (no chunked encoding, whose framing
+            # costs the HTTP server a copy of every chunk): a file that grows
+            # meanwhile is sent as long as it was, one that shrinks cuts the stream.
+            left = stream.known = os.fstat(fd).st_size
             # Read on the event loop's thread: a page-cache read of HOST_CHUNK
             # takes ~0.1 ms, and ``retire`` may then close the descriptor
             # between two reads without racing a worker thread that uses it.
-            while True:
+            while left:
                 if held.fd < 0:
                     raise SandboxUnavailable("the sandbox went away during the download")
-                chunk = os.read(held.fd, HOST_CHUNK)
+                chunk = os.read(held.fd, min(left, HOST_CHUNK))
                 if not chunk:
-                    return
+                    raise SandboxUnavailable(f"{path} shrank during the download")
+                left -= len(chunk)
                 yield chunk
         finally:
             if held.fd >= 0:
