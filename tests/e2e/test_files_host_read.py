@@ -66,9 +66,8 @@ def test_same_answers_as_the_agent_and_nothing_outside(
             resp = api.get(url(sandbox), params={"path": path})
             assert (resp.status_code, resp.content) == (200, want), path
         # Served from the host, the length is known up front; through the agent it is not.
-        assert api.get(url(sandbox), params={"path": "/home/user/a.txt"}).headers.get(
-            "content-length"
-        ) == "3"
+        small = api.get(url(sandbox), params={"path": "/home/user/a.txt"})
+        assert small.headers.get("content-length") == "3"
         shm = api.get(url(sandbox), params={"path": "/dev/shm/s"})
         assert shm.headers.get("transfer-encoding") == "chunked"
         assert api.get(url(sandbox), params={"path": "/home/user/up"}).status_code == 404
@@ -94,9 +93,7 @@ def test_same_answers_as_the_agent_and_nothing_outside(
         marker.unlink()
 
 
-def test_a_stalled_download_does_not_keep_the_sandbox(
-    api: httpx.Client, make_sandbox: Any
-) -> None:
+def test_a_stalled_download_does_not_keep_the_sandbox(api: httpx.Client, make_sandbox: Any) -> None:
     box = make_sandbox()
     run(api, box, "head -c 50000000 /dev/zero > ~/big")
     with (
