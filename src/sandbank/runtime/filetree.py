@@ -32,6 +32,29 @@ class WatchEvent:
     reason: str | None = None
 
 
+class SizedStream(AsyncIterator[bytes]):
+    """A download's chunks, and their total length when it is known by the time
+    the first chunk is out: ``known``, set by whoever produces the chunks, or
+    else that of ``source``, the stream these chunks pass on. The HTTP layer
+    then states a Content-Length instead of framing every chunk."""
+
+    def __init__(self, chunks: AsyncIterator[bytes] | None = None, source: object = None) -> None:
+        self.chunks = chunks
+        self.source = source
+        self.known: int | None = None
+
+    @property
+    def size(self) -> int | None:
+        if self.known is not None:
+            return self.known
+        size = getattr(self.source, "size", None)
+        return size if isinstance(size, int) else None
+
+    async def __anext__(self) -> bytes:
+        assert self.chunks is not None
+        return await anext(self.chunks)
+
+
 @runtime_checkable
 class FileTreeChannel(Protocol):
     def read_text(self, path: str, encoding: str) -> AsyncIterator[bytes]:

@@ -14,6 +14,7 @@ from typing import Literal, Protocol, Required, TypedDict, overload, runtime_che
 
 from sandbank import errors
 
+from .._localfile import BatchedWriter
 from .._tar import TarUnpacker, tar_directory, tar_files
 from ..models import EntryInfo
 from ..watch import WatchHandle, EventHandler, ExitHandler
@@ -182,10 +183,12 @@ class Filesystem:
         partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
         written = 0
         try:
-            with partial.open("xb") as out:
+            with partial.open("xb", buffering=0) as out:
+                writer = BatchedWriter(out)
                 for chunk in self.read_stream(path):
-                    out.write(chunk)
+                    writer.write(chunk)
                     written += len(chunk)
+                writer.flush()
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ import stat
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +33,7 @@ from sandbank.runtime.linux import (
     customize,
     disk,
     fsflags,
+    hostread,
     mounts,
     network,
     oci,
@@ -210,6 +212,10 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps, CheckpointMethods):
     def _box(self, sandbox_id: str) -> SandboxDir:
         return SandboxDir(self.sandboxes_dir / check_id(sandbox_id))
 
+    def _client(self, box: SandboxDir) -> AgentClient:
+        init = partial(self.ocicli.init_process, box.root.name)
+        return hostread.HostReadAgentClient(box.socket, init)
+
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
@@ -295,7 +301,7 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps, CheckpointMethods):
             # connections waiting in the backlog instead of failing them.
             listener.close()
         mark("oci run")
-        client = AgentClient(box.socket)
+        client = self._client(box)
         # The agent boots while its network is made: neither waits for the other.
         await network.together(
             self._attach_network(spec, box), client.wait_ready(timeout=self.ready_timeout)
@@ -350,7 +356,7 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps, CheckpointMethods):
             )
             try:
                 if hostname != record.hostname:
-                    client = self._channels.get(spec.id) or AgentClient(box.socket)
+                    client = self._channels.get(spec.id) or self._client(box)
                     await asyncio.gather(
                         customize.set_uts_hostname(*agent, hostname), client.set_hostname(hostname)
                     )
@@ -369,6 +375,7 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps, CheckpointMethods):
         async with self._lock(check_id(sandbox_id)):
             target = self._target(sandbox_id)
             self._channels.pop(sandbox_id, None)
+            hostread.retire(self._box(sandbox_id).socket)
             self._usage.forget(sandbox_id)
             self.timings.pop(sandbox_id, None)
             self._thaw_v1(sandbox_id)
@@ -454,7 +461,7 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps, CheckpointMethods):
                 return False
         except OSError:
             return False
-        client = AgentClient(box.socket)
+        client = self._client(box)
         cgroup = self.cgroup(sandbox_id)
         snapshots.thaw_disk(self, sandbox_id)
         with contextlib.suppress(OSError):
@@ -476,7 +483,7 @@ class LinuxRuntime(stopstart.DiskLifecycle, TemplateOps, CheckpointMethods):
             box = self._box(sandbox_id)
             if not box.root.is_dir():
                 raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
-            client = self._channels[sandbox_id] = AgentClient(box.socket)
+            client = self._channels[sandbox_id] = self._client(box)
         return client
 
     async def usage(self, sandbox_id: str) -> SandboxUsage:

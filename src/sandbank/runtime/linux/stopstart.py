@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, cast
 
 from sandbank.errors import RuntimeFailure, SandboxNotFound
 from sandbank.runtime.base import SandboxSpec
-from sandbank.runtime.linux import mounts, snapshots, teardown
+from sandbank.runtime.linux import hostread, mounts, snapshots, teardown
 from sandbank.runtime.linux.layout import check_id
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ async def _stop_locked(rt: LinuxRuntime, sandbox_id: str) -> None:
     if not box.image.is_file():
         raise SandboxNotFound(f"sandbox {sandbox_id} has no disk on this host")
     rt._channels.pop(sandbox_id, None)
+    hostread.retire(box.socket)
     rt._usage.forget(sandbox_id)
     rt.timings.pop(sandbox_id, None)
     rt._thaw_v1(sandbox_id)

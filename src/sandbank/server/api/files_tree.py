@@ -60,7 +60,11 @@ async def streamed(chunks: AsyncIterator[bytes], media_type: str) -> StreamingRe
         async for chunk in chunks:
             yield chunk
 
-    return StreamingResponse(body(), media_type=media_type)
+    # A stream that knows its length (a file the runtime reads itself) goes
+    # out with a Content-Length: chunked framing costs a copy of every chunk.
+    size = getattr(chunks, "size", None)
+    headers = {"Content-Length": str(size)} if isinstance(size, int) else None
+    return StreamingResponse(body(), media_type=media_type, headers=headers)
 
 
 @router.get("/tar", response_class=StreamingResponse, responses=_TAR_DOC)

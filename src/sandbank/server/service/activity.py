@@ -21,7 +21,7 @@ from sandbank.runtime.base import (
     OutputEvent,
     SandboxChannel,
 )
-from sandbank.runtime.filetree import FileTreeChannel, WatchEvent
+from sandbank.runtime.filetree import FileTreeChannel, SizedStream, WatchEvent
 from sandbank.server.service.idle import IdleTracker
 
 T = TypeVar("T")
@@ -47,7 +47,8 @@ class ActiveChannel:
         return await self._call(self._inner.exec(spec))
 
     def read_file(self, path: str) -> AsyncIterator[bytes]:
-        return self._stream(self._inner.read_file(path))
+        inner = self._inner.read_file(path)
+        return SizedStream(self._stream(inner), source=inner)  # keeps a known length
 
     async def write_file(
         self,
