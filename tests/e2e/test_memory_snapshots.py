@@ -6,14 +6,21 @@ with SIGKILL and restarted."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
+import subprocess
+import sys
 
 import httpx
 import pytest
 
+from sandbank import Sandbox, SandboxNotFound, Snapshots
+from sandbank.errors import CheckpointUnsupported
 from tests.conftest import is_root, new_server, run_cgroups
 from tests.support import holder
 from tests.support.leaks import leftovers
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="needs root")
 
@@ -109,3 +116,38 @@ def test_memory_snapshot_create_restore_and_restart() -> None:
     finally:
         srv.stop()
         srv.purge()
+
+
+def test_sdk_and_cli(server: ServerProcess, client_env: dict[str, str]) -> None:
+    creds = {"base_url": server.url, "api_key": server.api_key}
+    sbx = Sandbox.create(**creds)
+    made: list[Sandbox] = [sbx]
+    try:
+        sbx.commands.run(holder.START)
+        secret = int(sbx.commands.run(holder.ASK).stdout.split()[0])
+        try:
+            taken = sbx.snapshot("sdk-mem", memory=True)
+        except CheckpointUnsupported as exc:
+            pytest.skip(str(exc))
+        assert taken.memory and taken.name == "sdk-mem"
+        done = subprocess.run(
+            [sys.executable, "-m", "sandbank", "snapshot", sbx.sandbox_id, "--memory", "--json"],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        by_cli = json.loads(done.stdout)
+        assert by_cli["memory"] is True
+        made.append(Sandbox.create(snapshot=by_cli["id"], **creds))
+        assert int(made[-1].commands.run(holder.ASK).stdout.split()[0]) == secret
+        with Snapshots(**creds) as snapshots:
+            assert snapshots.get("sdk-mem").memory
+            for snap_id in (taken.id, by_cli["id"]):
+                snapshots.delete(snap_id)
+                assert not (server.data_dir / "snapshots" / snap_id).exists()
+    finally:
+        for box in made:
+            with contextlib.suppress(SandboxNotFound):
+                box.kill()
