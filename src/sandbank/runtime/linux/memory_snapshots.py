@@ -31,7 +31,7 @@ from sandbank.errors import DiskFull, InvalidState, RuntimeFailure, SnapshotNotF
 from sandbank.runtime.base import SandboxSpec
 from sandbank.runtime.linux import checkpoint, snapshots
 from sandbank.runtime.linux.checkpoint_flow import Origin
-from sandbank.runtime.linux.layout import check_id
+from sandbank.runtime.linux.layout import SandboxRecord, check_id
 
 if TYPE_CHECKING:
     from sandbank.runtime.linux.checkpoint_flow import Checkpointer
@@ -110,6 +110,14 @@ async def restore(cp: Checkpointer, snapshot_id: str, spec: SandboxSpec) -> None
     where = folder(cp, snapshot_id)
     if not has_memory(cp, snapshot_id):
         raise SnapshotNotFound(f"snapshot {snapshot_id} has no memory image on this host")
+    record = SandboxRecord.load(where / "runtime.json")
+    gone = [] if record is None else [p for p in record.lower.split(":") if not Path(p).is_dir()]
+    if gone:
+        # Its processes need the very files they were started on.
+        raise InvalidState(
+            f"the template layers snapshot {snapshot_id} was taken on are gone (the template "
+            f"was rebuilt or deleted: {gone[0]}); its processes cannot be restored any more"
+        )
     box = cp.rt._box(check_id(spec.id))
     if box.root.exists():
         raise InvalidState(f"sandbox {spec.id} still has a directory; destroy it first")
