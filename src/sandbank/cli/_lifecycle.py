@@ -29,7 +29,7 @@ def _snapshots(ctx: typer.Context) -> Snapshots:
 
 
 def _snapshot_table(items: list[SnapshotInfo]) -> None:
-    table = _render._table("ID", "NAME", "SANDBOX", "TEMPLATE", "SIZE", "CREATED")
+    table = _render._table("ID", "NAME", "SANDBOX", "TEMPLATE", "SIZE", "MEMORY", "CREATED")
     for item in items:
         table.add_row(
             item.id,
@@ -37,6 +37,7 @@ def _snapshot_table(items: list[SnapshotInfo]) -> None:
             item.sandbox_id,
             item.template,
             _render._bytes(item.size_bytes),
+            "yes" if item.memory else "",
             f"{_render._when(item.created_at)} UTC",
         )
     _render._console.print(table)
@@ -101,11 +102,14 @@ def snapshot(
     ctx: typer.Context,
     sandbox_id: Id,
     name: Annotated[str | None, typer.Option(help="A name, unique among yours.")] = None,
+    memory: Annotated[
+        bool, typer.Option("--memory", help="Also its running processes and memory.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Take a snapshot of a sandbox's disk."""
+    """Take a snapshot of a sandbox's disk (and, with --memory, of its processes)."""
     with _options(ctx).sandbox(sandbox_id) as sandbox:
-        taken = sandbox.snapshot(name)
+        taken = sandbox.snapshot(name, memory=memory)
     _snapshot_out([taken], as_json, single=True)
 
 

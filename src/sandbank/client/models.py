@@ -131,6 +131,8 @@ class SnapshotInfo(_Snapshot):
     disk_gb: int
     size_bytes: int
     created_at: datetime
+    #: Holds the sandbox's processes and memory too.
+    memory: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SnapshotInfo:
@@ -142,6 +144,7 @@ class SnapshotInfo(_Snapshot):
             disk_gb=int(data.get("disk_gb", 0)),
             size_bytes=int(data.get("size_bytes", 0)),
             created_at=_datetime(data["created_at"]),
+            memory=bool(data.get("memory", False)),
         )
 
 

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     field_validator,
@@ -177,6 +178,8 @@ class UpdateSandboxRequest(Strict):
 
 class SnapshotRequest(Strict):
     name: str | None = Field(default=None, max_length=128)
+    #: Also the running sandbox's processes and memory (a checkpoint).
+    memory: StrictBool = False
 
 
 class RestoreRequest(Strict):
@@ -192,6 +195,8 @@ class SnapshotOut(BaseModel):
     disk_gb: int
     size_bytes: int
     created_at: datetime
+    #: Holds processes and memory too; ``size_bytes`` counts disk and memory.
+    memory: bool = False
 
 
 class SnapshotList(BaseModel):

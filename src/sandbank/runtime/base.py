@@ -403,6 +403,19 @@ class Runtime(Protocol):
         """Remove a ``leave_running`` image once its copies are made; idempotent."""
         ...
 
+    async def snapshot_memory(self, sandbox_id: str, snapshot_id: str) -> int:
+        """Snapshot ``snapshot_id`` of a running sandbox with its processes and
+        memory (a ``leave_running`` checkpoint and a disk copy of one freeze),
+        kept until ``delete_snapshot``; returns its host bytes. The sandbox runs
+        on. InvalidState when it is paused; CheckpointFailed, CheckpointUnsupported."""
+        ...
+
+    async def restore_memory(self, snapshot_id: str, spec: SandboxSpec) -> None:
+        """Start ``spec.id`` (which must not exist on the host) from a memory
+        snapshot: its processes, memory and a copy of its disk, with ``spec``'s
+        limits and egress policy and an address of its own."""
+        ...
+
     def hibernated_image(self, sandbox_id: str) -> str | None:
         """The image of a hibernated sandbox (after a restart too), if any."""
         ...

@@ -45,6 +45,7 @@ from sandbank.runtime.base import (
 )
 from sandbank.runtime.fake_files import FakeFileTree
 from sandbank.runtime.fake_files import resolve as _abs
+from sandbank.runtime.fake_memory import FakeMemorySnapshots
 from sandbank.runtime.fake_templates import FakeTemplates
 
 
@@ -295,7 +296,7 @@ class FakeChannel(FakeFileTree):
         job.pty = (cols, rows)
 
 
-class FakeRuntime(FakeTemplates):
+class FakeRuntime(FakeTemplates, FakeMemorySnapshots):
     name = "fake"
 
     def __init__(self, templates: tuple[str, ...] = ("base",)) -> None:
@@ -403,6 +404,7 @@ class FakeRuntime(FakeTemplates):
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         self.snapshots.pop(snapshot_id, None)
+        self.memory_images.pop(snapshot_id, None)
 
     async def snapshot_ids(self) -> set[str]:
         return set(self.snapshots)

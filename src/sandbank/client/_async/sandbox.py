@@ -264,9 +264,12 @@ class AsyncSandbox:
         restarted on it, a stopped one stays stopped."""
         return await self._lifecycle("restore", {"snapshot": snapshot})
 
-    async def snapshot(self, name: str | None = None) -> SnapshotInfo:
-        """A consistent copy of the sandbox's disk (it is frozen while copied)."""
-        body = {"name": name} if name is not None else {}
+    async def snapshot(self, name: str | None = None, memory: bool = False) -> SnapshotInfo:
+        """A consistent copy of the sandbox's disk (it is frozen while copied);
+        ``memory``: its running processes and memory too (needs checkpoints)."""
+        body: dict[str, Any] = {"name": name} if name is not None else {}
+        if memory:
+            body["memory"] = True
         data = await self._connection.request_json("POST", f"{self._path}/snapshots", json=body)
         return SnapshotInfo.from_dict(data)
 

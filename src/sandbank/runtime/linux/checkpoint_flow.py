@@ -33,6 +33,7 @@ from sandbank.errors import (
 from sandbank.protocol.agent import SOCKET_DIR
 from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.agent_client import AgentClient
+from sandbank.runtime.base import SandboxSpec
 from sandbank.runtime.linux import checkpoint, criu, customize, fsflags, oci, rootfs, teardown
 from sandbank.runtime.linux.cgroups import Cgroup, Limits
 from sandbank.runtime.linux.layout import SandboxDir, SandboxRecord, check_id
@@ -41,6 +42,21 @@ if TYPE_CHECKING:
     from sandbank.runtime.linux.driver import LinuxRuntime
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """What a new sandbox is cloned from besides the CRIU images."""
+
+    record: Path
+    config: Path
+    disk: Path
+    #: Fields of the runtime record to set on the clone (vcpu, memory_mb, pids_limit).
+    limits: dict[str, float | int] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of_fork(cls, source: SandboxDir, images: Path) -> Origin:
+        return cls(source.record, source.config, images / checkpoint.DISK_COPY)
 
 
 class Checkpointer:
@@ -102,14 +118,21 @@ class Checkpointer:
             return str(images)
 
     async def restore(
-        self, sandbox_id: str, image: str, *, network: NetworkPolicy | None = None
+        self,
+        sandbox_id: str,
+        image: str,
+        *,
+        network: NetworkPolicy | None = None,
+        origin: Origin | None = None,
     ) -> None:
+        """``origin``: where the source's record, config and disk copy are when
+        not in its sandbox dir (a memory snapshot's): always a new sandbox."""
         binary = self._binary()
         rt = self.rt
         images = Path(image)
         meta = checkpoint.Meta.load(images)
         box = rt._box(check_id(sandbox_id))
-        in_place = meta.source == sandbox_id
+        in_place = meta.source == sandbox_id and origin is None
         if not in_place and not meta.with_disk:
             raise InvalidState("a hibernation checkpoint can only wake its own sandbox")
         async with rt._lock(sandbox_id):
@@ -122,7 +145,9 @@ class Checkpointer:
                     raise InvalidState(f"sandbox {sandbox_id} already exists")
             try:
                 if not in_place:
-                    await self._clone_box(meta.source, sandbox_id, box, images)
+                    await self._clone_box(
+                        origin or Origin.of_fork(rt._box(meta.source), images), sandbox_id, box
+                    )
                 pid, start = await checkpoint.restore(
                     rt.ocicli, binary, sandbox_id, box, images, meta
                 )
@@ -205,21 +230,24 @@ class Checkpointer:
             with contextlib.suppress(Exception):
                 await cg.remove()
 
-    async def _clone_box(self, source: str, sandbox_id: str, box: SandboxDir, images: Path) -> None:
+    async def _clone_box(self, origin: Origin, sandbox_id: str, box: SandboxDir) -> None:
         """A new sandbox dir like the source's: its own disk copy, mounts, run dir and cgroup."""
         rt = self.rt
-        src = rt._box(source)
-        record = SandboxRecord.load(src.record)
-        config = json.loads(src.config.read_text()) if src.config.is_file() else None
+        record = SandboxRecord.load(origin.record)
+        config = json.loads(origin.config.read_text()) if origin.config.is_file() else None
         if record is None or config is None:
-            raise SandboxNotFound(f"the source sandbox {source} of this checkpoint is gone")
+            raise SandboxNotFound(f"the source sandbox of checkpoint {origin.disk.parent} is gone")
         box.root.mkdir(mode=0o711)
         cgroups_path = f"{rt.cgroup_parent.rstrip('/')}/sandbank/{sandbox_id}"
         record = dataclasses.replace(
-            record, id=sandbox_id, cgroups_path=cgroups_path, created_at=time.time()
+            record,
+            id=sandbox_id,
+            cgroups_path=cgroups_path,
+            created_at=time.time(),
+            **origin.limits,  # type: ignore[arg-type]
         )
         record.save(box.record)
-        await checkpoint.copy_sparse(images / checkpoint.DISK_COPY, box.image)
+        await checkpoint.copy_sparse(origin.disk, box.image)
         lowers = [Path(part) for part in record.lower.split(":")]  # topmost first
         await asyncio.to_thread(
             rootfs.assemble, box, lowers, record.hostname, lambda _phase: None
@@ -254,6 +282,16 @@ class CheckpointMethods:
 
     async def discard_checkpoint(self, image: str) -> None:
         await self.checkpoints.discard(image)
+
+    async def snapshot_memory(self, sandbox_id: str, snapshot_id: str) -> int:
+        from sandbank.runtime.linux import memory_snapshots
+
+        return await memory_snapshots.take(self.checkpoints, sandbox_id, snapshot_id)
+
+    async def restore_memory(self, snapshot_id: str, spec: SandboxSpec) -> None:
+        from sandbank.runtime.linux import memory_snapshots
+
+        await memory_snapshots.restore(self.checkpoints, snapshot_id, spec)
 
     def checkpoint_problem(self) -> str | None:
         return self.checkpoints.problem

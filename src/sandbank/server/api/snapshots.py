@@ -29,6 +29,7 @@ def snapshot_out(record: SnapshotRecord) -> SnapshotOut:
         disk_gb=record.disk_gb,
         size_bytes=record.size_bytes,
         created_at=record.created_at,
+        memory=record.memory,
     )
 
 
@@ -36,9 +37,12 @@ def snapshot_out(record: SnapshotRecord) -> SnapshotOut:
 async def take_snapshot(
     sandbox_id: SandboxId, svc: Svc, caller: Caller, body: SnapshotRequest | None = None
 ) -> SnapshotOut:
-    """A consistent copy of the sandbox's disk (it is frozen for the copy)."""
+    """A consistent copy of the sandbox's disk (it is frozen for the copy); with
+    ``memory``, of its processes and memory too."""
     name = body.name if body is not None else None
-    return snapshot_out(await svc.sandboxes.snapshots.take(caller.tenant, sandbox_id, name))
+    memory = body.memory if body is not None else False
+    taken = await svc.sandboxes.snapshots.take(caller.tenant, sandbox_id, name, memory)
+    return snapshot_out(taken)
 
 
 @router.get("/v1/sandboxes/{sandbox_id}/snapshots", response_model=SnapshotList)

@@ -299,9 +299,8 @@ class SandboxService:
                 async with self._create_slots:
                     if snapshot_id is None:
                         await self._runtime.create(self._spec(sandbox_id, want))
-                    else:  # the snapshot's copy as its disk, then started like a stopped one
-                        await self._runtime.restore(sandbox_id, snapshot_id)
-                        await self._runtime.start_sandbox(self._spec(sandbox_id, want))
+                    else:
+                        await self.snapshots.start_copy(snapshot_id, self._spec(sandbox_id, want))
                 if template is not None and template_boot.needs_boot(template):
                     await template_boot.boot(self._runtime.channel(sandbox_id), template, want.env)
             except BaseException as exc:

@@ -52,6 +52,8 @@ class SnapshotRecord:
     disk_gb: int
     size_bytes: int
     created_at: datetime
+    #: Holds the sandbox's processes and memory too (a checkpoint), not only its disk.
+    memory: bool = False
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ snapshots = Table(
     Column("disk_gb", Integer, nullable=False),
     Column("size_bytes", Integer, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("memory", Boolean, nullable=False, server_default="0"),
     UniqueConstraint("tenant", "name", name="uq_snapshots_tenant_name"),
 )
 
