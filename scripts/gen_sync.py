@@ -40,6 +40,7 @@ REPLACEMENTS = {
     "AsyncSnapshots": "Snapshots",
     "AsyncTemplates": "Templates",
     "AsyncApiConnection": "ApiConnection",
+    "AsyncApiClient": "ApiClient",
     "AsyncClient": "Client",
     "AsyncWatchHandle": "WatchHandle",
     "AsyncBaseTransport": "BaseTransport",

@@ -192,3 +192,31 @@ class AsyncApiConnection:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class AsyncApiClient:
+    """A client object with a connection of its own (snapshots, templates, admin):
+    made from a key and URL, closed with ``close`` or as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._connection = AsyncApiConnection.open(api_key, base_url, transport)
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()

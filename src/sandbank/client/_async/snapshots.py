@@ -5,28 +5,15 @@ is created from one with ``Sandbox.create(snapshot=...)``."""
 from __future__ import annotations
 
 import builtins
-from types import TracebackType
-from typing import Self
 from urllib.parse import quote
 
-import httpx
-
 from ..models import SnapshotInfo
-from ._http import AsyncApiConnection
+from ._http import AsyncApiClient
 
 SNAPSHOTS_PATH = "/v1/snapshots"
 
 
-class AsyncSnapshots:
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._connection = AsyncApiConnection.open(api_key, base_url, transport)
-
+class AsyncSnapshots(AsyncApiClient):
     async def list(self, sandbox_id: str | None = None) -> builtins.list[SnapshotInfo]:
         """Every snapshot of the tenant, or those taken of ``sandbox_id``."""
         path = SNAPSHOTS_PATH
@@ -44,16 +31,3 @@ class AsyncSnapshots:
         """Remove the snapshot and free its space; sandboxes made from it stay."""
         await self._connection.request("DELETE", f"{SNAPSHOTS_PATH}/{quote(snapshot, safe='')}")
 
-    async def close(self) -> None:
-        await self._connection.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()

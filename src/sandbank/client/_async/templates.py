@@ -12,16 +12,13 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
-
-import httpx
 
 from sandbank import errors
 
 from ..models import TemplateBuild, TemplateInfo
-from ._http import AsyncApiConnection, QueryParams
+from ._http import AsyncApiClient, QueryParams
 
 #: Called with each ``step`` and ``log`` event of a build, as it happens.
 OnEvent = Callable[[dict[str, Any]], None]
@@ -37,16 +34,7 @@ def _path(name: str) -> str:
     return f"/v1/templates/{quote(name, safe=':')}"
 
 
-class AsyncTemplates:
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._connection = AsyncApiConnection.open(api_key, base_url, transport)
-
+class AsyncTemplates(AsyncApiClient):
     async def build(
         self,
         name: str,
@@ -161,16 +149,3 @@ class AsyncTemplates:
         )
         return TemplateBuild.from_dict(data)
 
-    async def close(self) -> None:
-        await self._connection.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -194,3 +194,31 @@ class ApiConnection:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class ApiClient:
+    """A client object with a connection of its own (snapshots, templates, admin):
+    made from a key and URL, closed with ``close`` or as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._connection = ApiConnection.open(api_key, base_url, transport)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -7,28 +7,15 @@ is created from one with ``Sandbox.create(snapshot=...)``."""
 from __future__ import annotations
 
 import builtins
-from types import TracebackType
-from typing import Self
 from urllib.parse import quote
 
-import httpx
-
 from ..models import SnapshotInfo
-from ._http import ApiConnection
+from ._http import ApiClient
 
 SNAPSHOTS_PATH = "/v1/snapshots"
 
 
-class Snapshots:
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self._connection = ApiConnection.open(api_key, base_url, transport)
-
+class Snapshots(ApiClient):
     def list(self, sandbox_id: str | None = None) -> builtins.list[SnapshotInfo]:
         """Every snapshot of the tenant, or those taken of ``sandbox_id``."""
         path = SNAPSHOTS_PATH
@@ -46,16 +33,3 @@ class Snapshots:
         """Remove the snapshot and free its space; sandboxes made from it stay."""
         self._connection.request("DELETE", f"{SNAPSHOTS_PATH}/{quote(snapshot, safe='')}")
 
-    def close(self) -> None:
-        self._connection.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -14,16 +14,13 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import Iterator, Callable, Iterable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
-
-import httpx
 
 from sandbank import errors
 
 from ..models import TemplateBuild, TemplateInfo
-from ._http import ApiConnection, QueryParams
+from ._http import ApiClient, QueryParams
 
 #: Called with each ``step`` and ``log`` event of a build, as it happens.
 OnEvent = Callable[[dict[str, Any]], None]
@@ -39,16 +36,7 @@ def _path(name: str) -> str:
     return f"/v1/templates/{quote(name, safe=':')}"
 
 
-class Templates:
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self._connection = ApiConnection.open(api_key, base_url, transport)
-
+class Templates(ApiClient):
     def build(
         self,
         name: str,
@@ -163,16 +151,3 @@ class Templates:
         )
         return TemplateBuild.from_dict(data)
 
-    def close(self) -> None:
-        self._connection.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
