@@ -25,7 +25,6 @@ from sandbank.runtime.agent_client import AgentClient
 from sandbank.runtime.base import SandboxChannel, SandboxUsage, TemplateInfo
 from sandbank.runtime.linux import (
     agentlib,
-    cgroups,
     customize,
     disk,
     fsflags,
@@ -37,7 +36,8 @@ from sandbank.runtime.linux import (
     teardown,
 )
 from sandbank.runtime.linux.accounting import UsageReader
-from sandbank.runtime.linux.cgroups import Cgroup, CgroupLayout, make_room
+from sandbank.runtime.linux.cgroup_host import favors_dynmods, make_room
+from sandbank.runtime.linux.cgroups import Cgroup, CgroupLayout
 from sandbank.runtime.linux.checkpoint_flow import Checkpointer, CheckpointMethods
 from sandbank.runtime.linux.layout import (
     SandboxDir,
@@ -168,9 +168,9 @@ class LinuxRuntime(ProvisionMethods, stopstart.DiskLifecycle, TemplateOps, Check
             binary, self.layout.version, " (hybrid)" if self.layout.hybrid else "",
             self.cgroup_parent,
         )  # fmt: skip
-        if not cgroups.favors_dynmods():
+        if not favors_dynmods():
             log.info("no cgroup mount has favordynmods: each sandbox start waits 5-15 ms for an "
-                     "RCU grace period (see cgroups.favors_dynmods)")  # fmt: skip
+                     "RCU grace period (see cgroup_host.favors_dynmods)")  # fmt: skip
 
     async def close(self) -> None:
         # Sandboxes keep running: they outlive the server by design.
