@@ -23,8 +23,8 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from sandbank.errors import PayloadTooLarge
-from sandbank.protocol.api import (
-    ExecRequest,
+from sandbank.protocol.api import ExecRequest
+from sandbank.protocol.api_processes import (
     ProcessList,
     ProcessOut,
     SignalOut,
