@@ -145,6 +145,6 @@ def test_idle_timeout_kill_and_pause(api: httpx.Client, make_sandbox: Make) -> N
     assert run(api, paused, "echo back")["stdout"] == "back\n"
     assert api.get(f"/v1/sandboxes/{paused}").json()["status"] == "running"
     assert api.get(f"/v1/sandboxes/{kept}").json()["status"] == "running"
-    bad = api.post("/v1/sandboxes", json={"idle_timeout": 5, "on_timeout": "hibernate"})
+    bad = api.post("/v1/sandboxes", json={"idle_timeout": 5, "on_timeout": "sleep"})
     assert bad.status_code == 422
 
