@@ -187,11 +187,12 @@ def _policy_rules(names: Names, policy: NetworkPolicy, resolver: str | None) -> 
     if not policy.allow_internet_access:
         cmds.append(_rule(chain, _DROP))
         return cmds
-    cmds += [
-        _rule(chain, _match(_daddr(), f"@{names.allow_set}"), _ACCEPT),
-        _rule(chain, _match(_daddr(), f"@{names.deny_set}"), _DROP),
-        _rule(chain, _ACCEPT),
-    ]
+    # Only lists with entries have a set (and a rule): see ``add_sandbox``.
+    if policy.allow_out:
+        cmds.append(_rule(chain, _match(_daddr(), f"@{names.allow_set}"), _ACCEPT))
+    if policy.deny_out:
+        cmds.append(_rule(chain, _match(_daddr(), f"@{names.deny_set}"), _DROP))
+    cmds.append(_rule(chain, _ACCEPT))
     return cmds
 
 
@@ -209,24 +210,34 @@ def _dns_rules(names: Names, policy: NetworkPolicy, resolver: str | None) -> lis
     ]
 
 
+def _add_set(name: str) -> Command:
+    """Creates the set, or leaves an existing one as it is."""
+    return {"add": {"set": _obj(name=name, type="ipv4_addr", flags=["interval"])}}
+
+
 def _fill(names: Names, policy: NetworkPolicy, resolver: str | None) -> list[Command]:
-    """Set elements and chain rules of a policy (into flushed or new objects)."""
+    """Sets, set elements and chain rules of a policy (into flushed or new objects)."""
     cmds: list[Command] = []
     for name, entries in ((names.allow_set, policy.allow_out), (names.deny_set, policy.deny_out)):
         if entries:
             elem = _prefixes(entries)
+            cmds.append(_add_set(name))
             cmds.append({"add": {"element": _obj(name=name, elem=elem)}})
     return cmds + _policy_rules(names, policy, resolver) + _dns_rules(names, policy, resolver)
 
 
 def add_sandbox(names: Names, policy: NetworkPolicy, resolver: str | None) -> list[Command]:
-    """Everything of one sandbox, added before its interface exists."""
+    """Everything of one sandbox, added before its interface exists.
+
+    The allow and deny sets exist only for lists with entries (most sandboxes
+    have none): every named set in the table makes each later nft batch
+    slower (nft and the kernel look sets up by name in a list), so two empty
+    sets per sandbox made adding and removing one take 5x as long at 500
+    sandboxes (35 vs 6 ms, 78 vs 7 ms)."""
     cmds: list[Command] = [
         {"add": {"chain": _obj(name=names.chain)}},
         {"add": {"chain": _obj(name=names.dns_chain)}},
     ]
-    for name in (names.allow_set, names.deny_set):
-        cmds.append({"add": {"set": _obj(name=name, type="ipv4_addr", flags=["interval"])}})
     cmds += _fill(names, policy, resolver)
     for name, target in (("egress", names.chain), ("dnsmap", names.dns_chain)):
         elem = [[names.veth, {"jump": {"target": target}}]]
@@ -237,8 +248,10 @@ def add_sandbox(names: Names, policy: NetworkPolicy, resolver: str | None) -> li
 
 
 def replace_policy(names: Names, policy: NetworkPolicy, resolver: str | None) -> list[Command]:
-    """Swap a running sandbox's policy in one transaction: no packet sees a mix."""
-    cmds: list[Command] = [
+    """Swap a running sandbox's policy in one transaction: no packet sees a mix.
+    The sets are made first if missing, so that both can be flushed."""
+    cmds: list[Command] = [_add_set(names.allow_set), _add_set(names.deny_set)]
+    cmds += [
         {"flush": {"set": _obj(name=names.allow_set)}},
         {"flush": {"set": _obj(name=names.deny_set)}},
         {"flush": {"chain": _obj(name=names.chain)}},
@@ -250,12 +263,15 @@ def replace_policy(names: Names, policy: NetworkPolicy, resolver: str | None) ->
 def remove_sandbox(names: Names) -> list[Command]:
     """Delete every object of one sandbox, in the order the kernel accepts: map
     elements before the chains they jump to, rules before their chains and
-    before the sets they name."""
+    before the sets they name. A set may not exist (see ``add_sandbox``): it
+    is added first in the same transaction, so the delete cannot fail."""
+    sets = (names.allow_set, names.deny_set)
     return [
         *(remove_element(names, m) for m in ("ifaces", "egress", "dnsmap")),
         *({"flush": {"chain": _obj(name=c)}} for c in (names.chain, names.dns_chain)),
         *({"delete": {"chain": _obj(name=c)}} for c in (names.chain, names.dns_chain)),
-        *({"delete": {"set": _obj(name=s)}} for s in (names.allow_set, names.deny_set)),
+        *(_add_set(s) for s in sets),
+        *({"delete": {"set": _obj(name=s)}} for s in sets),
     ]
 
 
