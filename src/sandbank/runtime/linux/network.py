@@ -300,8 +300,15 @@ class SandboxNetworks:
         if await _netlink(lambda: _link_exists(names.veth)):
             found.append(f"network link {names.veth}")
         nft = self.nft
+        # Listing every chain without its rules is cheaper than listing one with
+        # them once the table holds a few hundred sandboxes (4 vs 12+ ms at 500).
+        chains = await asyncio.to_thread(_chain_names, nft)
         for kind, ident in netrules.sandbox_objects(names):
-            if await asyncio.to_thread(nft.list_sync, kind, **ident) is not None:
+            if kind == "chain":
+                exists = ident["name"] in chains
+            else:
+                exists = await asyncio.to_thread(nft.list_sync, kind, **ident) is not None
+            if exists:
                 found.append(f"nft {kind} {netrules.FAMILY} {netrules.TABLE} {ident['name']}")
         for kind, name in netrules.MAPS:
             listing = await asyncio.to_thread(
@@ -316,6 +323,13 @@ class SandboxNetworks:
         prefix = self.alias("")
         aliases = await _netlink(_link_aliases)
         return {a[len(prefix) :] for a in aliases if a.startswith(prefix)}
+
+
+def _chain_names(nft: Nft) -> set[str]:
+    """The names of the chains in the sandbank table."""
+    listing = nft.run_sync([{"list": {"chains": {"family": netrules.FAMILY}}}])
+    chains = (item.get("chain") for item in listing)
+    return {c["name"] for c in chains if isinstance(c, dict) and c.get("table") == netrules.TABLE}
 
 
 async def _delete_link(name: str) -> None:
