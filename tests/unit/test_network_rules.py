@@ -155,6 +155,7 @@ def test_bad_network_settings_are_named() -> None:
 
 LEFTOVERS = """
 import asyncio
+import subprocess
 from sandbank.protocol.network import NetworkPolicy, make_policy
 from sandbank.runtime.linux import netrules
 from sandbank.runtime.linux.network import SandboxNetworks
@@ -169,6 +170,8 @@ async def main():
     for name in (names.chain, names.dns_chain, names.allow_set):
         assert any(name in f for f in found), (name, found)
     assert not any(names.deny_set in f for f in found), found
+    subprocess.run(["ip", "link", "add", names.veth, "type", "veth", "peer", "p0"], check=True)
+    assert f"network link {names.veth}" in await net.leftovers("sbx1")
     await net.detach("sbx1")
     assert await net.leftovers("sbx1") == []
     assert await net.leftovers("other") != []
