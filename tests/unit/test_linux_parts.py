@@ -317,8 +317,29 @@ def test_loop_devices_are_only_detached_from_their_own_image(tmp_path: Path) -> 
         # The device number names another image's device now: left alone.
         assert not kernel.detach_loop(device, other)
         assert disk.loops_backed_by(mine) == [device]
+        assert disk.loops_backed_by(mine, among=[device]) == [device]
+        assert disk.loops_backed_by(other, among=[device]) == []
         assert kernel.detach_loop(device, mine)
     finally:
         os.close(fd)
     # Cleared (autoclear, and asked to) once the last holder let go.
     assert disk.loops_backed_by(mine) == []
+    assert disk.loops_backed_by(mine, among=[device]) == []
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/loop-control"), reason="needs root and loop"
+)
+async def test_detach_loops_waits_for_a_held_device_to_clear(tmp_path: Path) -> None:
+    """Unbound while something still holds it, the device clears at the last
+    close; detach_loops waits for that (watching only that device)."""
+    from sandbank.runtime.linux import disk, kernel
+
+    image = tmp_path / "held.img"
+    with open(image, "wb") as fh:
+        fh.truncate(1024 * 1024)
+    device, fd = kernel.attach_loop(image)
+    assert disk.loops_backed_by(image) == [device]
+    asyncio.get_running_loop().call_later(0.1, os.close, fd)
+    await disk.detach_loops(image, timeout=5)
+    assert disk.loops_backed_by(image) == []
