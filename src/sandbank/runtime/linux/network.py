@@ -52,7 +52,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from sandbank.errors import InvalidState, RuntimeFailure
 from sandbank.protocol.network import NetworkPolicy
-from sandbank.runtime.linux import netns, netrules, resolv
+from sandbank.runtime.linux import addrdump, netns, netrules, resolv
 from sandbank.runtime.linux.netrules import Names
 from sandbank.runtime.linux.nft import Nft, NftError
 
@@ -213,11 +213,11 @@ class SandboxNetworks:
         """Pick a free slot, make the link and configure its inner end; runs
         under the allocation locks (the slot is taken once its .1 is assigned)."""
         async with AsyncIPRoute() as ipr:
-            used: set[int] = set()
-            async for msg in await ipr.addr("dump", family=socket.AF_INET):
-                addr = ipaddress.IPv4Address(msg.get("address"))
-                if addr in self.cidr:
-                    used.add((int(addr) - int(self.cidr.network_address)) // 4)
+            used = {
+                (int(addr) - int(self.cidr.network_address)) // 4
+                for addr in addrdump.ipv4_addresses()
+                if addr in self.cidr
+            }
             slot = pick_slot(used, self.slots, self._cursor)
             if slot is None:
                 raise RuntimeFailure(f"no free addresses left in the sandbox network {self.cidr}")
