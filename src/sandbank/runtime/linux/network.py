@@ -52,7 +52,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from sandbank.errors import InvalidState, RuntimeFailure
 from sandbank.protocol.network import NetworkPolicy
-from sandbank.runtime.linux import addrdump, netns, netrules, resolv
+from sandbank.runtime.linux import netns, netrules, resolv, rtnl
 from sandbank.runtime.linux.netrules import Names
 from sandbank.runtime.linux.nft import Nft, NftError
 
@@ -62,7 +62,6 @@ DEFAULT_CIDR = "10.231.0.0/16"
 SANDBOX_IFNAME = "eth0"
 PREFIX = 30
 LOCK_FILE = Path("/run/sandbank/network.lock")
-_ENODEV = 19
 
 T = TypeVar("T")
 
@@ -215,7 +214,7 @@ class SandboxNetworks:
         async with AsyncIPRoute() as ipr:
             used = {
                 (int(addr) - int(self.cidr.network_address)) // 4
-                for addr in addrdump.ipv4_addresses()
+                for addr in rtnl.ipv4_addresses()
                 if addr in self.cidr
             }
             slot = pick_slot(used, self.slots, self._cursor)
@@ -282,7 +281,7 @@ class SandboxNetworks:
     async def detach(self, sandbox_id: str) -> None:
         """Remove the link (its addresses go with it) and the rules; idempotent."""
         names = self.names(sandbox_id)
-        await _netlink(lambda: _delete_link(names.veth))
+        await asyncio.to_thread(rtnl.delete_link, names.veth)
         try:
             await self.nft.run(netrules.remove_sandbox(names))
         except NftError:
@@ -333,15 +332,6 @@ def _nft_leftovers(nft: Nft, names: Names) -> list[str]:
         if listing is not None and names.veth in netrules.element_keys(listing, kind):
             found.append(f"nft {kind} {name} element {names.veth}")
     return found
-
-
-async def _delete_link(name: str) -> None:
-    async with AsyncIPRoute() as ipr:
-        try:
-            await ipr.link("del", ifname=name)
-        except NetlinkError as exc:
-            if exc.code != _ENODEV:
-                raise
 
 
 def _link_exists(name: str) -> bool:

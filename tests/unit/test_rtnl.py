@@ -9,16 +9,16 @@ import sys
 
 import pytest
 
-from sandbank.runtime.linux import addrdump
+from sandbank.runtime.linux import rtnl
 
 DUMP = """
 import ipaddress, json, subprocess
-from sandbank.runtime.linux import addrdump
+from sandbank.runtime.linux import rtnl
 
 def ip(*args):
     subprocess.run(["ip", *args], check=True)
 
-assert addrdump.ipv4_addresses() == set()  # lo is down and has none yet
+assert rtnl.ipv4_addresses() == set()  # lo is down and has none yet
 ip("link", "set", "lo", "up")
 # Enough addresses for the dump to take several netlink messages.
 lines = []
@@ -36,7 +36,7 @@ for link in listing:
         expected.add(ipaddress.IPv4Address(info["local"]))
         if "address" in info:
             expected.add(ipaddress.IPv4Address(info["address"]))
-got = addrdump.ipv4_addresses()
+got = rtnl.ipv4_addresses()
 assert got == expected, (sorted(got ^ expected), len(got), len(expected))
 assert ipaddress.IPv4Address("10.0.0.2") in got and len(got) == 304
 print("same")
@@ -61,6 +61,34 @@ def test_attributes_other_than_addresses_are_skipped() -> None:
 
     ifaddr = struct.pack("=BBBBI", socket.AF_INET, 30, 0, 0, 7)
     label = struct.pack("=HH", 4 + 4, 3) + b"eth0"  # IFA_LABEL
-    local = struct.pack("=HH", 8, addrdump.IFA_LOCAL) + bytes([10, 231, 0, 1])
+    local = struct.pack("=HH", 8, rtnl.IFA_LOCAL) + bytes([10, 231, 0, 1])
     data = ifaddr + label + local
-    assert {str(a) for a in addrdump._addresses(data, 0, len(data))} == {"10.231.0.1"}
+    assert {str(a) for a in rtnl._addresses(data, 0, len(data))} == {"10.231.0.1"}
+
+
+DELETE = """
+import subprocess
+from sandbank.runtime.linux import rtnl
+
+subprocess.run(["ip", "link", "add", "sbkabc", "type", "veth", "peer", "name", "peer0"], check=True)
+assert rtnl.delete_link("sbkabc") is True
+links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+assert "sbkabc" not in links and "peer0" not in links, links
+assert rtnl.delete_link("sbkabc") is False
+try:
+    rtnl.delete_link("x" * 20)  # longer than IFNAMSIZ: the kernel refuses it
+except OSError:
+    print("deleted")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
+def test_delete_link_takes_the_peer_along_and_is_idempotent() -> None:
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", DELETE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "deleted"
