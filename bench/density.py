@@ -247,12 +247,22 @@ async def run(srv, n: int, concurrency: int, settle: float) -> list[str]:  # typ
             t0 = time.perf_counter()
             sem = asyncio.Semaphore(concurrency * 2)
 
+            failed: list[str] = []
+
             async def kill(sid: str) -> None:
                 async with sem:
-                    await http.delete(f"/v1/sandboxes/{sid}")
+                    try:
+                        resp = await http.delete(f"/v1/sandboxes/{sid}")
+                    except httpx.HTTPError as exc:
+                        failed.append(f"{sid}: {exc!r}")
+                        return
+                    if resp.status_code != 204:
+                        failed.append(f"{sid}: {resp.status_code} {resp.text[:1000]}")
 
-            await asyncio.gather(*(kill(s) for s in ids), return_exceptions=True)
+            await asyncio.gather(*(kill(s) for s in ids))
             kill_all = time.perf_counter() - t0
+            for failure in failed:
+                print(f"kill failed: {failure}", file=sys.stderr)
     left = measure.leftovers(ids)
 
     rows.append("")
@@ -282,7 +292,7 @@ async def run(srv, n: int, concurrency: int, settle: float) -> list[str]:  # typ
         rows.append(f"  {lo:>4}-{hi:<4} p50 {ms(pct(part, 50))}  p99 {ms(pct(part, 99))}")
     rows.append(f"exec ['true'] RTT p50: at 1 sandbox {ms(pct(one, 50))}, "
                 f"at {n} (5 random) {ms(pct(many, 50))}")  # fmt: skip
-    rows.append(f"kill all {n}: {kill_all:.1f} s ({n / kill_all:.1f}/s)")
+    rows.append(f"kill all {n}: {kill_all:.1f} s ({n / kill_all:.1f}/s), {len(failed)} failed")
     rows.append("host clean afterwards: " + ("yes" if not left else "NO: " + ", ".join(left)))
     return rows
 
