@@ -33,7 +33,7 @@ from tests.contract.conftest import (
     template_seed,
 )
 from tests.support import fakenet
-from tests.support.fakenet import METADATA, OTHER, PORT, WEB, FakeInternet
+from tests.support.fakenet import METADATA, OTHER, PORT, WEB, WEB_NET, FakeInternet
 
 pytestmark = pytest.mark.linux
 
@@ -273,11 +273,11 @@ async def test_policy_at_create_and_changed_while_running(net_harness: Harness) 
     assert ok(results, WEB_T) and not ok(results, OTHER_T), results
 
     # Deny a range; allow wins over deny for the one address also allowed.
-    await rt.set_network_policy(sid, make_policy(True, [WEB], ["198.51.100.0/24", OTHER]))
+    await rt.set_network_policy(sid, make_policy(True, [WEB], [WEB_NET, OTHER]))
     results = await probe(net_harness, sid, WEB_T, OTHER_T)
     assert ok(results, WEB_T) and not ok(results, OTHER_T), results
 
-    await rt.set_network_policy(sid, make_policy(True, [], ["198.51.100.0/24"]))
+    await rt.set_network_policy(sid, make_policy(True, [], [WEB_NET]))
     results = await probe(net_harness, sid, WEB_T, OTHER_T)
     assert not ok(results, WEB_T) and ok(results, OTHER_T), results
 

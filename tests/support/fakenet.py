@@ -2,8 +2,10 @@
 
 Tests of sandbox networking never send a packet to a real external address:
 they talk to hosts this module makes. ``FakeInternet`` is a namespace joined
-to the host by a veth, holding addresses in the documentation ranges
-(TEST-NET-2 and -3, and one link-local "metadata" address), each with a TCP
+to the host by a veth, holding addresses in two /24s of the benchmarking range
+198.18.0.0/15 (picked per test process among those the host has no route for,
+so concurrent runs never collide) and one link-local "metadata" address, each
+with a TCP
 service that answers with the address it was reached at, an HTTP server on
 port 80 and an HTTPS server on 443 (a certificate of the test's own CA, see
 ``ca_pem``) that answer with the Host (or SNI) they were asked for and the
@@ -26,14 +28,26 @@ import tempfile
 import time
 from pathlib import Path
 
+
+def _free_nets(count: int) -> list[str]:
+    """``count`` random /24s of 198.18.0.0/15 (as "a.b.c") the host routes nowhere."""
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=False).stdout
+    nets = [f"198.{18 + n // 256}.{n % 256}" for n in range(512)]
+    return secrets.SystemRandom().sample([n for n in nets if f"{n}.0/24" not in routes], count)
+
+
+_WEB_NET, _OTHER_NET = _free_nets(2)
+#: The fake internet's two /24s.
+WEB_NET = f"{_WEB_NET}.0/24"
+OTHER_NET = f"{_OTHER_NET}.0/24"
 #: A web host, another one in a second range, and a cloud-metadata look-alike.
-WEB = "198.51.100.10"
-OTHER = "203.0.113.10"
+WEB = f"{_WEB_NET}.10"
+OTHER = f"{_OTHER_NET}.10"
 METADATA = "169.254.169.254"
-HOST_SIDE = "198.51.100.1"
+HOST_SIDE = f"{_WEB_NET}.1"
 PORT = 8080
 #: A third web host, for the names under the wildcard.
-WILD = "198.51.100.20"
+WILD = f"{_WEB_NET}.20"
 #: Answer of the fake DNS server to every A query for a name not in NAMES.
 DNS_ANSWER = WEB
 #: The names the fake DNS server knows (``.test`` is reserved, RFC 6761).
@@ -236,8 +250,9 @@ class FakeInternet:
         _ip("link", "set", "up0", "up", ns=self.ns)
         _ip("link", "set", "lo", "up", ns=self.ns)
         _ip("route", "add", "default", "via", HOST_SIDE, ns=self.ns)
-        for dst in ("203.0.113.0/24", f"{METADATA}/32"):
-            _ip("route", "add", dst, "via", WEB, "dev", self.host_if)
+        for dst in (OTHER_NET, f"{METADATA}/32"):
+            # Appended: a concurrent run's metadata route may be there already.
+            _ip("route", "append", dst, "via", WEB, "dev", self.host_if)
             self._routes.append(dst)
         # Replies to sandboxes come in here and are forwarded on to them.
         Path(f"/proc/sys/net/ipv4/conf/{self.host_if}/forwarding").write_text("1")
@@ -269,7 +284,8 @@ class FakeInternet:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.server.wait(timeout=5)
         for dst in self._routes:
-            subprocess.run(["ip", "route", "del", dst], capture_output=True, check=False)
+            argv = ["ip", "route", "del", dst, "via", WEB, "dev", self.host_if]
+            subprocess.run(argv, capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)
         self._tmp.cleanup()

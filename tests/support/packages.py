@@ -14,7 +14,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from tests.support.fakenet import _ip
+from tests.support.fakenet import OTHER_NET, WEB_NET, _ip
 
 HTTP_PORT = 8081
 DEB = "sbk-hello"
@@ -90,15 +90,16 @@ def make_pip_index(root: Path, url: str) -> str:
 class PackageHost:
     """A one-address "internet" host in a namespace of its own, serving a directory
     over HTTP. Its /24 is picked at random in 198.18.0.0/15 (the benchmarking
-    range) among those the host has no route for, so concurrent test runs (and
-    ``FakeInternet``, on the documentation ranges) never collide."""
+    range) among those the host has no route for and ``FakeInternet`` did not
+    pick, so concurrent test runs (and a fake internet) never collide."""
 
     def __init__(self, directory: Path) -> None:
         tag = secrets.token_hex(3)
         self.ns, self.host_if = f"sbkp-{tag}", f"sbkp{tag}h"
         self.directory = directory
         routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
-        free = [n for n in range(512) if f"198.{18 + n // 256}.{n % 256}.0/24" not in routes]
+        taken = routes + WEB_NET + OTHER_NET
+        free = [n for n in range(512) if f"198.{18 + n // 256}.{n % 256}.0/24" not in taken]
         n = secrets.choice(free)
         net = f"198.{18 + n // 256}.{n % 256}"
         self.address, self.host_side = f"{net}.10", f"{net}.1"

@@ -317,8 +317,73 @@ def test_loop_devices_are_only_detached_from_their_own_image(tmp_path: Path) -> 
         # The device number names another image's device now: left alone.
         assert not kernel.detach_loop(device, other)
         assert disk.loops_backed_by(mine) == [device]
+        assert disk.loops_backed_by(mine, among=[device]) == [device]
+        assert disk.loops_backed_by(other, among=[device]) == []
         assert kernel.detach_loop(device, mine)
     finally:
         os.close(fd)
     # Cleared (autoclear, and asked to) once the last holder let go.
     assert disk.loops_backed_by(mine) == []
+    assert disk.loops_backed_by(mine, among=[device]) == []
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/loop-control"), reason="needs root and loop"
+)
+async def test_detach_loops_waits_for_a_held_device_to_clear(tmp_path: Path) -> None:
+    """Unbound while something still holds it, the device clears at the last
+    close; detach_loops waits for that (watching only that device)."""
+    from sandbank.runtime.linux import disk, kernel
+
+    image = tmp_path / "held.img"
+    with open(image, "wb") as fh:
+        fh.truncate(1024 * 1024)
+    device, fd = kernel.attach_loop(image)
+    assert disk.loops_backed_by(image) == [device]
+    asyncio.get_running_loop().call_later(0.1, os.close, fd)
+    await disk.detach_loops(image, timeout=5)
+    assert disk.loops_backed_by(image) == []
+
+
+def test_escape_is_the_inverse_of_unescape() -> None:
+    from sandbank.runtime.linux import mounts
+
+    odd = "/data/a b\\c\td\ne"
+    assert mounts.unescape(mounts.escape(odd)) == odd
+    assert " " not in mounts.escape(odd) and "\n" not in mounts.escape(odd)
+
+
+MOUNTS = """
+import os, sys
+from pathlib import Path
+from sandbank.runtime.linux import kernel, mounts
+
+kernel.mount("none", "/", "", 0x40000 | 0x4000)  # MS_PRIVATE | MS_REC: nothing leaves
+base = Path(sys.argv[1])
+points = [base / "a b", base / "a b" / "in\\\\side", base / "a bc", base / "other"]
+for p in points:
+    p.mkdir(exist_ok=True)
+    kernel.mount("tmpfs", p, "tmpfs", 0, "size=4k")
+found = [m.point for m in mounts.under(base / "a b")]
+assert found == [points[1], points[0]], found
+assert found == [m.point for m in mounts.under(base / "a b", mounts.table())]
+assert mounts.is_mounted(points[2]) and not mounts.is_mounted(base / "a")
+print("found")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
+def test_under_reads_only_the_lines_it_needs(tmp_path: Path) -> None:
+    """Paths with spaces and backslashes, a sibling sharing a prefix, in a
+    mount namespace of the test's own."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        ["unshare", "--mount", sys.executable, "-c", MOUNTS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "found"

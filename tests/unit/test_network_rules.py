@@ -40,6 +40,38 @@ def test_no_internet_drops_everything_and_has_no_dns() -> None:
     assert _rules(cmds, NAMES.dns_chain) == []
 
 
+def test_a_policy_without_lists_makes_no_sets() -> None:
+    """Every named set slows each later nft batch down: none for empty lists."""
+    for policy in (NetworkPolicy(), make_policy(False)):
+        cmds = netrules.add_sandbox(NAMES, policy, "192.0.2.53")
+        assert not [c for c in cmds if "set" in c.get("add", {})]
+        assert "@" not in str(_rules(cmds, NAMES.chain))
+    cmds = netrules.add_sandbox(NAMES, make_policy(True, ["1.1.1.1"], []), None)
+    assert [c["add"]["set"]["name"] for c in cmds if "set" in c.get("add", {})] == [NAMES.allow_set]
+
+
+def test_domain_rules_make_the_resolved_sets_only() -> None:
+    """The DNS forwarder fills both resolved-address sets; no address lists, no allow/deny sets."""
+    ports = netrules.DomainPorts(5300, 8443)
+    cmds = netrules.add_sandbox(NAMES, make_policy(True, ["web.test"], []), None, ports)
+    made = [c["add"]["set"]["name"] for c in cmds if "set" in c.get("add", {})]
+    assert made == [NAMES.resolved_allow_set, NAMES.resolved_deny_set]
+    chain = str(_rules(cmds, NAMES.chain))
+    assert f"@{NAMES.allow_set}" not in chain and f"@{NAMES.resolved_deny_set}" in chain
+
+
+def test_a_policy_change_deletes_the_sets_it_no_longer_uses() -> None:
+    cmds = netrules.replace_policy(NAMES, make_policy(True, [], ["10.0.0.0/8"]), None)
+    deleted = [c["delete"]["set"]["name"] for c in cmds if "set" in c.get("delete", {})]
+    flushed = [c["flush"]["set"]["name"] for c in cmds if "set" in c.get("flush", {})]
+    assert flushed == [NAMES.deny_set]
+    assert sorted(deleted) == sorted(set(NAMES.sets) - {NAMES.deny_set})
+    # Only once no rule names them: after the chain is flushed.
+    chain_flush = next(i for i, c in enumerate(cmds) if "chain" in c.get("flush", {}))
+    first_delete = next(i for i, c in enumerate(cmds) if "set" in c.get("delete", {}))
+    assert chain_flush < first_delete
+
+
 def test_allow_is_checked_before_deny() -> None:
     cmds = netrules.add_sandbox(NAMES, make_policy(True, ["1.1.1.1"], ["0.0.0.0/0"]), None)
     chain = [str(r) for r in _rules(cmds, NAMES.chain)]
@@ -125,6 +157,27 @@ for nft in (Nft(), Nft(prefer_library=False)):
         assert nft.list_sync(kind, **ident) is None, (kind, ident)
     listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name="ifaces")
     assert names.veth not in element_keys(listing, "set")
+    # Without lists there are no sets; a later policy with lists or domains
+    # makes them, and one without removes them again.
+    plain = Names("ba9876543210")
+    def has_set(name):
+        return nft.list_sync("set", family="inet", table=netrules.TABLE, name=name) is not None
+    nft.run_sync(netrules.add_sandbox(plain, NetworkPolicy(), "192.0.2.53"))
+    assert not any(has_set(s) for s in plain.sets)
+    nft.run_sync(netrules.remove_sandbox(plain))
+    nft.run_sync(netrules.add_sandbox(plain, NetworkPolicy(), None))
+    nft.run_sync(netrules.replace_policy(plain, make_policy(True, [], ["10.0.0.0/8"]), None))
+    listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name=plain.deny_set)
+    assert listing is not None and "10.0.0.0" in str(listing), listing
+    assert [s for s in plain.sets if has_set(s)] == [plain.deny_set]
+    nft.run_sync(netrules.replace_policy(plain, domains, None, ports, ({"1.2.3.4": 9}, {})))
+    assert not has_set(plain.allow_set) and all(has_set(s) for s in plain.sets[1:])
+    nft.run_sync(netrules.add_resolved(plain, {"198.51.100.10": 60}, {"203.0.113.9": 30}))
+    nft.run_sync(netrules.replace_policy(plain, make_policy(True, ["1.1.1.1"], []), None))
+    assert [s for s in plain.sets if has_set(s)] == [plain.allow_set]
+    nft.run_sync(netrules.remove_sandbox(plain))
+    for kind, ident in netrules.sandbox_objects(plain):
+        assert nft.list_sync(kind, **ident) is None, (kind, ident)
     nft.run_sync([{"delete": {"table": {"family": "inet", "name": netrules.TABLE}}}])
 print("applied")
 """
@@ -154,3 +207,43 @@ def test_bad_network_settings_are_named() -> None:
         with pytest.raises(RuntimeFailure):
             SandboxNetworks("/data", cidr, dns)
     assert SandboxNetworks("/data", "10.0.0.0/24").slots == 64
+
+
+LEFTOVERS = """
+import asyncio
+import subprocess
+from sandbank.protocol.network import NetworkPolicy, make_policy
+from sandbank.runtime.linux import netrules
+from sandbank.runtime.linux.network import SandboxNetworks
+
+async def main():
+    net = SandboxNetworks("/data")
+    await net.nft.run(netrules.base_table())
+    names = net.names("sbx1")
+    await net.nft.run(netrules.add_sandbox(names, make_policy(True, ["1.1.1.1"], []), None))
+    await net.nft.run(netrules.add_sandbox(net.names("other"), NetworkPolicy(), None))
+    found = await net.leftovers("sbx1")
+    for name in (names.chain, names.dns_chain, names.allow_set):
+        assert any(name in f for f in found), (name, found)
+    assert not any(names.deny_set in f for f in found), found
+    subprocess.run(["ip", "link", "add", names.veth, "type", "veth", "peer", "p0"], check=True)
+    assert f"network link {names.veth}" in await net.leftovers("sbx1")
+    await net.detach("sbx1")
+    assert await net.leftovers("sbx1") == []
+    assert await net.leftovers("other") != []
+    print("found")
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
+def test_leftovers_name_what_is_left() -> None:
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", LEFTOVERS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "found"

@@ -195,3 +195,23 @@ def test_pick_binary(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", _which({}))
     with pytest.raises(RuntimeFailure):
         ocicli.pick_binary("auto", unified_cgroups=False)
+
+
+async def test_containers_share_no_new_keyring(tmp_path: Path) -> None:
+    """Every sandbox's root is the same host uid: a session keyring per container
+    would use up that uid's key quota (kernel.keys.maxkeys, 200) at ~200 sandboxes."""
+    fake = tmp_path / "fake-runc"
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(0o755)
+    log = tmp_path / "run.log"
+    cli = ocicli.OciCli(str(fake), tmp_path / "state")
+    await cli.run_detached("sbx1", tmp_path, log, timeout=10)
+    argv = log.read_text().split()
+    assert argv[argv.index("run") :] == [
+        "run",
+        "-d",
+        "--no-new-keyring",
+        "--bundle",
+        str(tmp_path),
+        "sbx1",
+    ]

@@ -101,13 +101,20 @@ class DomainRules:
             allowed, denied = entry.elements(only_stale=True)
             if not allowed and not denied:
                 return
-            if self.timeout_updates:
-                await self.nft.run(netrules.add_resolved(entry.names, allowed, denied))
-                entry.published(allowed, denied, whole=False)
-            else:
-                allowed, denied = entry.elements()
-                await self.nft.run(netrules.refresh_resolved(entry.names, allowed, denied))
-                entry.published(allowed, denied, whole=True)
+            try:
+                if self.timeout_updates:
+                    await self.nft.run(netrules.add_resolved(entry.names, allowed, denied))
+                    entry.published(allowed, denied, whole=False)
+                else:
+                    allowed, denied = entry.elements()
+                    await self.nft.run(netrules.refresh_resolved(entry.names, allowed, denied))
+                    entry.published(allowed, denied, whole=True)
+            except NftError:
+                # Its domain rules went meanwhile (a policy without domains,
+                # or the sandbox's end), and its resolved-address sets with them.
+                if self.book.get(entry.sandbox_id) is not entry:
+                    return
+                raise
 
     def published(self, sandbox_id: str, resolved: tuple[netrules.Resolved, ...]) -> None:
         """A policy change put exactly ``resolved`` into the sandbox's sets."""

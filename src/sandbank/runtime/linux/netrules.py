@@ -30,7 +30,8 @@ before it is consulted; DNS that its own DNAT rewrote is accepted; with
 accepts (its addresses, then ``dallow_<key>``: what its domains resolved to),
 ``deny_out`` drops (addresses, then ``ddeny_<key>``), and the rest (IPv4) is
 accepted. The two resolved-address sets have per-element timeouts (the DNS
-TTL). IPv6 is dropped: sandboxes have IPv4 only.
+TTL). IPv6 is dropped: sandboxes have IPv4 only. Each of these four sets
+exists only while the policy uses it (see ``add_sandbox``).
 """
 
 from __future__ import annotations
@@ -242,13 +243,16 @@ def _policy_rules(names: Names, policy: NetworkPolicy, resolver: str | None) -> 
     if not policy.allow_internet_access:
         cmds.append(_rule(chain, _DROP))
         return cmds
-    cmds += [
-        _rule(chain, _match(_daddr(), f"@{names.allow_set}"), _ACCEPT),
-        _rule(chain, _match(_daddr(), f"@{names.resolved_allow_set}"), _ACCEPT),
-        _rule(chain, _match(_daddr(), f"@{names.deny_set}"), _DROP),
-        _rule(chain, _match(_daddr(), f"@{names.resolved_deny_set}"), _DROP),
-        _rule(chain, _ACCEPT),
-    ]
+    # Only the sets that exist have a rule: see ``add_sandbox``.
+    if policy.allow_cidrs:
+        cmds.append(_rule(chain, _match(_daddr(), f"@{names.allow_set}"), _ACCEPT))
+    if policy.has_domains:
+        cmds.append(_rule(chain, _match(_daddr(), f"@{names.resolved_allow_set}"), _ACCEPT))
+    if policy.deny_cidrs:
+        cmds.append(_rule(chain, _match(_daddr(), f"@{names.deny_set}"), _DROP))
+    if policy.has_domains:
+        cmds.append(_rule(chain, _match(_daddr(), f"@{names.resolved_deny_set}"), _DROP))
+    cmds.append(_rule(chain, _ACCEPT))
     return cmds
 
 
@@ -320,11 +324,31 @@ def refresh_resolved(names: Names, allowed: Resolved, denied: Resolved) -> list[
     ]
 
 
+def _add_set(names: Names, name: str) -> Command:
+    """Creates one of the sandbox's sets, or leaves an existing one as it is."""
+    resolved = name in (names.resolved_allow_set, names.resolved_deny_set)
+    flags = ["timeout"] if resolved else ["interval"]
+    return {"add": {"set": _obj(name=name, type="ipv4_addr", flags=flags)}}
+
+
+def policy_sets(names: Names, policy: NetworkPolicy) -> tuple[str, ...]:
+    """The sets ``policy`` needs: allow/deny for address lists with entries,
+    the resolved-address pair for domain rules (the DNS forwarder fills and
+    flushes both, see ``domainpolicy``)."""
+    needed = {
+        names.allow_set: bool(policy.allow_cidrs),
+        names.deny_set: bool(policy.deny_cidrs),
+        names.resolved_allow_set: policy.has_domains,
+        names.resolved_deny_set: policy.has_domains,
+    }
+    return tuple(s for s in names.sets if needed[s])
+
+
 def _fill(
     names: Names, policy: NetworkPolicy, resolver: str | None, ports: DomainPorts | None
 ) -> list[Command]:
-    """Set elements and chain rules of a policy (into flushed or new objects)."""
-    cmds: list[Command] = []
+    """Sets, set elements and chain rules of a policy (into flushed or new objects)."""
+    cmds: list[Command] = [_add_set(names, s) for s in policy_sets(names, policy)]
     for name, entries in (
         (names.allow_set, policy.allow_cidrs),
         (names.deny_set, policy.deny_cidrs),
@@ -346,15 +370,17 @@ def add_sandbox(
 ) -> list[Command]:
     """Everything of one sandbox, added before its interface exists; ``label``
     (its link's alias) is the comment of its ``ifaces`` element, so a leftover
-    can be told whose it is."""
+    can be told whose it is.
+
+    A set exists only where the policy uses it (``policy_sets``; most sandboxes
+    use none): every named set in the table makes each later nft batch slower
+    (nft and the kernel look sets up by name in a list), so two empty sets per
+    sandbox made adding and removing one take 5x as long at 500 sandboxes (35
+    vs 6 ms, 78 vs 7 ms), and four 8x (51 vs 6 ms, 60 vs 7 ms)."""
     cmds: list[Command] = [
         {"add": {"chain": _obj(name=names.chain)}},
         {"add": {"chain": _obj(name=names.dns_chain)}},
     ]
-    for name in (names.allow_set, names.deny_set):
-        cmds.append({"add": {"set": _obj(name=name, type="ipv4_addr", flags=["interval"])}})
-    for name in (names.resolved_allow_set, names.resolved_deny_set):
-        cmds.append({"add": {"set": _obj(name=name, type="ipv4_addr", flags=["timeout"])}})
     cmds += _fill(names, policy, resolver, ports)
     for name, target in (("egress", names.chain), ("dnsmap", names.dns_chain)):
         elem = [[names.veth, {"jump": {"target": target}}]]
@@ -375,11 +401,15 @@ def replace_policy(
     resolved: tuple[Resolved, Resolved] = ({}, {}),
 ) -> list[Command]:
     """Swap a running sandbox's policy in one transaction: no packet sees a
-    mix. ``resolved``: what its domains resolve to under the new policy."""
+    mix. ``resolved``: what its domains resolve to under the new policy.
+    Every set is added first (a no-op where it exists), so that each can be
+    flushed, or deleted once no rule names it, whatever the old policy had."""
+    keep = policy_sets(names, policy)
     cmds: list[Command] = [
-        *({"flush": {"set": _obj(name=s)}} for s in names.sets),
+        *(_add_set(names, s) for s in names.sets),
         {"flush": {"chain": _obj(name=names.chain)}},
         {"flush": {"chain": _obj(name=names.dns_chain)}},
+        *({"flush" if s in keep else "delete": {"set": _obj(name=s)}} for s in names.sets),
     ]
     return cmds + resolved_elements(names, *resolved) + _fill(names, policy, resolver, ports)
 
@@ -387,11 +417,13 @@ def replace_policy(
 def remove_sandbox(names: Names) -> list[Command]:
     """Delete every object of one sandbox, in the order the kernel accepts: map
     elements before the chains they jump to, rules before their chains and
-    before the sets they name."""
+    before the sets they name. A set may not exist (see ``add_sandbox``): it
+    is added first in the same transaction, so the delete cannot fail."""
     return [
         *(remove_element(names, m) for m in ("ifaces", "egress", "dnsmap")),
         *({"flush": {"chain": _obj(name=c)}} for c in (names.chain, names.dns_chain)),
         *({"delete": {"chain": _obj(name=c)}} for c in (names.chain, names.dns_chain)),
+        *(_add_set(names, s) for s in names.sets),
         *({"delete": {"set": _obj(name=s)}} for s in names.sets),
     ]
 

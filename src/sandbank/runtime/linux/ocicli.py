@@ -59,10 +59,17 @@ class OciCli:
         handed over to the container (stdin the descriptor ``stdin`` or
         /dev/null, stdout/stderr the log), and a new session keeps a terminal's
         signals to the server away from it.
+
+        ``--no-new-keyring``: by default the runtime gives every container a
+        session keyring of its own, charged to the key quota of the uid that
+        root inside maps to, the same host uid for every sandbox: past
+        ``kernel.keys.maxkeys`` (200) sandboxes, runs fail with "disk quota
+        exceeded". A sandbox cannot use keyrings anyway (keyctl, add_key and
+        request_key are denied by seccomp, /proc/keys is masked).
         """
         with open(log, "ab") as out:
             result = await _proc.run(
-                self._argv("run", "-d", "--bundle", str(bundle), container_id),
+                self._argv("run", "-d", "--no-new-keyring", "--bundle", str(bundle), container_id),
                 output=out,
                 stdin_fd=stdin,
                 new_session=True,
