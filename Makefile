@@ -35,6 +35,8 @@ bench: install-bench install-test
 	$(VENV)/python bench/net.py
 	$(VENV)/python bench/lifecycle.py
 	$(VENV)/python bench/pty.py
+	$(VENV)/python bench/stream.py
+	$(VENV)/python bench/checkpoint.py
 
 # Regenerate the sync SDK from the async source.
 sync: install-test

@@ -12,18 +12,29 @@ preview proxy against talking to the sandbox's own address.
    sandbox's address from the host; then a 64 MiB download each way. A
    download that ends early is counted ("cut short") and tried again, up to
    four tries per run wanted: through the proxy some do (see ``download``).
+3. Domain rules. Against the driver, with the tests' fake internet as "the
+   internet" (``tests.support.fakenet``: its resolver and web hosts): from
+   inside a sandbox with the default policy and one with a domain allow list,
+   DNS queries (straight to the fake resolver by DNAT, or through the
+   forwarder, which also updates the nftables sets) and new HTTP and HTTPS
+   connections with one GET each (forwarded, or through the name-checking
+   proxy). ``--only domains`` runs this part alone.
 
-    .venv/bin/python bench/net.py [-n 30] [--gets 200] [--runs 3]
+    .venv/bin/python bench/net.py [-n 30] [--gets 200] [--runs 3] [--only domains]
 
-Traffic goes to the loopback (the server) and to the bench's own sandboxes
-(their addresses in the sandbox network) only.
+Traffic goes to the loopback (the server), to the bench's own sandboxes
+(their addresses in the sandbox network) and to the fake internet's own
+namespace only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import dataclasses
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -43,6 +54,7 @@ from _common import (
 )
 
 from sandbank import Sandbox
+from sandbank.protocol.network import NetworkPolicy, make_policy
 from sandbank.runtime.base import ExecSpec, SandboxSpec
 from sandbank.runtime.linux import network
 from sandbank.runtime.linux.driver import LinuxRuntime
@@ -261,10 +273,107 @@ def preview(srv: ServerProcess, gets: int, runs: int) -> None:
             print(f"  ratio ({name} / direct, medians): {ratio:.2f}")
 
 
+# -- 3. domain rules -----------------------------------------------------------------------
+
+#: Inside a sandbox: argv[1] rounds of (a DNS query for web.test to the
+#: resolver in resolv.conf, an HTTP GET and an HTTPS GET on new connections
+#: to web.test's address); prints the seconds of each as JSON.
+TIMED = r"""
+import json, random, socket, ssl, sys, time
+n, ca, web = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+resolver = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+ctx = ssl.create_default_context(cafile=ca)
+out = {"dns": [], "http": [], "https": []}
+def get(tls):
+    s = socket.create_connection((web, 443 if tls else 80), timeout=5)
+    if tls:
+        s = ctx.wrap_socket(s, server_hostname="web.test")
+    s.sendall(b"GET / HTTP/1.0\r\nHost: web.test\r\n\r\n")
+    while s.recv(4096):
+        pass
+    s.close()
+for _ in range(n):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    qid = random.randrange(65536).to_bytes(2, "big")
+    t0 = time.perf_counter()
+    u.sendto(qid + b"\1\0\0\1\0\0\0\0\0\0\3web\4test\0\0\1\0\1", (resolver, 53))
+    while u.recv(512)[:2] != qid:
+        pass
+    out["dns"].append(time.perf_counter() - t0)
+    u.close()
+    for kind, tls in (("http", False), ("https", True)):
+        t0 = time.perf_counter()
+        get(tls)
+        out[kind].append(time.perf_counter() - t0)
+print(json.dumps(out))
+"""
+
+
+async def domain_rules(n: int) -> dict[str, dict[str, list[float]]]:
+    """The TIMED rounds in a default sandbox and in a domain allow-list one."""
+    from tests.support import fakenet  # the bench's own "internet"
+
+    BENCH_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(BENCH_ROOT, 0o711)
+    data_dir = BENCH_ROOT / f"net-domains-{os.getpid()}"
+    internet = fakenet.FakeInternet().open()
+    rt = LinuxRuntime(data_dir, TEMPLATES, network_dns=[fakenet.WEB])
+    out: dict[str, dict[str, list[float]]] = {}
+    try:
+        await rt.start()
+        await rt.ensure_template("base")
+        ca = base64.b64encode(internet.ca_pem.encode()).decode()
+        policies = {
+            "default policy (DNAT, forwarded)": NetworkPolicy(),
+            "domain allow list (forwarder, proxy)": make_policy(
+                True, ["web.test"], ["0.0.0.0/0"]
+            ),
+        }
+        for name, policy in policies.items():
+            sid = "nd" + secrets.token_hex(6)
+            await rt.create(dataclasses.replace(spec(sid), network=policy))
+            script = f"echo {ca} | base64 -d > /tmp/ca.pem && python3 -c '{TIMED}' "
+            # A short warm-up round first (caches, the proxy's first connection).
+            for rounds in (3, n):
+                argv = ["sh", "-c", f"{script} {rounds} /tmp/ca.pem {fakenet.WEB}"]
+                result = await rt.channel(sid).exec(ExecSpec(cmd=argv, user="user"))
+                if result.exit_code != 0:
+                    raise SystemExit(f"{name}: {result.stderr.decode()[-2000:]}")
+            out[name] = json.loads(result.stdout)
+            await rt.destroy(sid)
+    finally:
+        for sid in await rt.running():
+            await rt.destroy(sid)
+        await rt.close()
+        internet.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return out
+
+
+def print_domain_rules(n: int) -> None:
+    found = asyncio.run(domain_rules(n))
+    print(f"\ndomain rules: {n} rounds in each sandbox, fake internet in a namespace")
+    base_name, dom_name = list(found)
+    for kind, label in (
+        ("dns", "DNS query (UDP, A web.test)"),
+        ("http", "HTTP GET, new connection"),
+        ("https", "HTTPS GET, new connection (handshake)"),
+    ):
+        print(f"  {label}:")
+        for name in found:
+            print(summary(f"    {name}", found[name][kind]))
+        added = (pct(found[dom_name][kind], 50) - pct(found[base_name][kind], 50)) * 1000
+        print(f"    added by the domain rules at p50: {added:+.2f} ms")
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
-def main(n: int, warmup: int, gets: int, runs: int) -> None:
+def main(n: int, warmup: int, gets: int, runs: int, only: str | None) -> None:
+    if only == "domains":
+        print_domain_rules(n)
+        return
     drv = asyncio.run(driver_creates(n, warmup))
     print(
         f"driver, cold create (until the agent answers); {n} each, alternating,"
@@ -291,6 +400,7 @@ def main(n: int, warmup: int, gets: int, runs: int) -> None:
         print(f"  pool hits: {int(hits)} of {n + 1} creates (incl. one warm-up)")
         print(f"  ratio (cold p50 / pooled p50): {pct(cold, 50) / pct(pooled, 50):.1f}x")
         preview(srv, gets, runs)
+    print_domain_rules(n)
 
 
 if __name__ == "__main__":
@@ -299,5 +409,6 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--gets", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", choices=["domains"])
     args = parser.parse_args()
-    main(args.n, args.warmup, args.gets, args.runs)
+    main(args.n, args.warmup, args.gets, args.runs, args.only)

@@ -37,8 +37,12 @@ REPLACEMENTS = {
     "AsyncPtyHandle": "PtyHandle",
     # websockets.asyncio.client -> websockets.sync.client (the terminal's socket)
     "asyncio": "sync",
+    "AsyncSnapshots": "Snapshots",
+    "AsyncTemplates": "Templates",
     "AsyncApiConnection": "ApiConnection",
+    "AsyncApiClient": "ApiClient",
     "AsyncClient": "Client",
+    "AsyncWatchHandle": "WatchHandle",
     "AsyncBaseTransport": "BaseTransport",
     "aclose": "close",
     "aread": "read",

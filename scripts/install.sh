@@ -13,10 +13,10 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-apt_packages=(runc debootstrap e2fsprogs util-linux mount iproute2 nftables procps python3 python3-venv python3-dev gcc)
+apt_packages=(runc debootstrap e2fsprogs util-linux mount iproute2 nftables procps python3 python3-venv python3-dev gcc skopeo umoci)
 case "$profile" in
-  test) apt_packages+=(tmux) ;;
-  bench) apt_packages+=(podman) ;;
+  test) apt_packages+=(tmux apt-utils openssl) ;;   # openssl: the fake internet's test CA
+  bench) apt_packages+=(podman openssl) ;;
 esac
 
 missing=()
@@ -29,6 +29,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# CRIU (hibernate/wake, fork): a working one, or the pinned build; never fatal.
+scripts/criu.sh
 
 python="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

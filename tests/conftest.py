@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cgroup_scope import CgroupScope
-from tests.support.leaks import leftovers
+from tests.support.leaks import leftovers, remember
 from tests.support.server import ServerProcess, free_port, purge_data_dir
 
 TEST_ROOT = Path(os.environ.get("SANDBANK_TEST_ROOT", "/var/lib/sandbank-test"))
@@ -28,7 +28,7 @@ def is_root() -> bool:
 
 
 def new_server(name: str, **extra_env: str) -> ServerProcess:
-    data_dir = RUN_ROOT / f"{name}-{secrets.token_hex(3)}"
+    data_dir = remember(RUN_ROOT / f"{name}-{secrets.token_hex(3)}")
     return ServerProcess(
         data_dir=data_dir,
         templates_dir=TEMPLATES,

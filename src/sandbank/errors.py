@@ -8,6 +8,7 @@ Stdlib only: the agent imports this module inside sandboxes.
     SandbankError (internal_error, 500)
     ├── BadRequest (bad_request, 400)
     │   ├── ValidationFailed (invalid_request, 422)
+    │   │   └── TemplateBuildFailed (template_build_failed, 422)
     │   ├── InvalidPath (invalid_path, 400)
     │   ├── IsADirectory (is_a_directory, 400)
     │   └── NotADirectory (not_a_directory, 400)
@@ -19,6 +20,7 @@ Stdlib only: the agent imports this module inside sandboxes.
     │   ├── TemplateNotFound (template_not_found, 404)
     │   ├── FileNotFound (file_not_found, 404)
     │   ├── ProcessNotFound (process_not_found, 404)
+    │   ├── SnapshotNotFound (snapshot_not_found, 404)
     │   └── KeyNotFound (key_not_found, 404)
     ├── Conflict (conflict, 409)
     │   ├── InvalidState (invalid_state, 409)
@@ -31,6 +33,7 @@ Stdlib only: the agent imports this module inside sandboxes.
     │   └── PortUnreachable (port_unreachable, 502)
     ├── SandboxUnavailable (sandbox_unavailable, 503)
     ├── Timeout (timeout, 504)
+    │   └── SandboxNotReady (sandbox_not_ready, 504)
     └── RuntimeFailure (runtime_error, 500)
 """
 
@@ -83,6 +86,12 @@ class NotADirectory(BadRequest):
     code = "not_a_directory"
 
 
+class NotText(BadRequest):
+    """A text read of data that does not decode in the asked-for encoding."""
+
+    code = "not_text"
+
+
 class Unauthorized(SandbankError):
     code = "unauthorized"
     status = 401
@@ -118,6 +127,10 @@ class ProcessNotFound(NotFound):
     code = "process_not_found"
 
 
+class SnapshotNotFound(NotFound):
+    code = "snapshot_not_found"
+
+
 class KeyNotFound(NotFound):
     code = "key_not_found"
 
@@ -133,6 +146,12 @@ class InvalidState(Conflict):
 
 class SandboxPaused(InvalidState):
     code = "sandbox_paused"
+
+
+class CheckpointFailed(Conflict):
+    """The sandbox holds state a checkpoint cannot save; it was left as it was."""
+
+    code = "checkpoint_failed"
 
 
 class FileExists(Conflict):
@@ -165,14 +184,41 @@ class PortUnreachable(BadGateway):
     code = "port_unreachable"
 
 
+class Unsupported(SandbankError):
+    """The sandbox's runtime does not offer the operation."""
+
+    code = "unsupported"
+    status = 501
+
+
 class SandboxUnavailable(SandbankError):
     code = "sandbox_unavailable"
     status = 503
 
 
+class CheckpointUnsupported(SandbankError):
+    """Hibernate and fork need a working CRIU, which this host lacks (the message says why)."""
+
+    code = "checkpoint_unsupported"
+    status = 501
+
+
 class Timeout(SandbankError):
     code = "timeout"
     status = 504
+
+
+class SandboxNotReady(Timeout):
+    """A template's ready check did not pass in time in a new sandbox."""
+
+    code = "sandbox_not_ready"
+
+
+class TemplateBuildFailed(ValidationFailed):
+    """A step of a template build failed; the build's log says why."""
+
+    code = "template_build_failed"
+    status = 422
 
 
 class RuntimeFailure(SandbankError):

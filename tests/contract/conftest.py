@@ -18,6 +18,7 @@ import pytest
 from sandbank.runtime.base import ExecResult, ExecSpec, SandboxSpec
 from sandbank.runtime.linux.driver import LinuxRuntime
 from sandbank.runtime.templates import TemplateStore
+from tests.support.leaks import remember
 
 TEST_ROOT = Path(os.environ.get("SANDBANK_TEST_ROOT", "/var/lib/sandbank-test"))
 TEMPLATES = Path(os.environ.get("SANDBANK_TEST_TEMPLATES", str(TEST_ROOT / "templates")))
@@ -49,7 +50,7 @@ def new_data_dir(prefix: str) -> Path:
     TEST_ROOT.mkdir(parents=True, exist_ok=True)
     # Root inside a sandbox (an unprivileged host uid) must traverse to its rootfs.
     os.chmod(TEST_ROOT, 0o711)
-    return TEST_ROOT / f"{prefix}-{secrets.token_hex(3)}"
+    return remember(TEST_ROOT / f"{prefix}-{secrets.token_hex(3)}")
 
 
 def host_traces(data_dir: Path) -> list[str]:

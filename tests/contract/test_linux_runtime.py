@@ -154,10 +154,13 @@ async def test_usage_numbers(harness: Harness, box: str) -> None:
     assert 0.9 * GIB < first.disk_limit_bytes <= GIB
     assert 20_000_000 <= first.disk_bytes < first.disk_limit_bytes
     assert first.cpu_usage_seconds > 0 and first.cpu_percent >= 0
-    await harness.sh(box, "timeout 0.5 sh -c 'while :; do :; done'", timeout=10)
+    # Spin for 0.4 s of CPU time, not of wall time: on a busy host the loop may
+    # get only part of the CPU it asks for.
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"
+    await harness.sh(box, f"python3 -c '{spin}'", timeout=30)
     second = await harness.rt.usage(box)
-    assert second.cpu_usage_seconds >= first.cpu_usage_seconds + 0.3
-    assert 20 < second.cpu_percent <= 100 * 1.1  # one vcpu, measured since the last sample
+    assert second.cpu_usage_seconds >= first.cpu_usage_seconds + 0.35
+    assert 0 < second.cpu_percent <= 100 * 1.1  # one vcpu, measured since the last sample
 
 
 async def test_alive_running_adopt(harness: Harness, box: str) -> None:
@@ -242,7 +245,7 @@ async def test_create_errors(harness: Harness, box: str) -> None:
         await harness.rt.create(harness.spec(template="nope"))
     with pytest.raises(TemplateNotFound, match="available: base"):
         await harness.rt.ensure_template("nope")
-    assert [t.name for t in await harness.rt.templates() if t.ready] == ["base"]
+    assert "base" in [t.name for t in await harness.rt.templates() if t.ready]
 
 
 async def test_failed_start_tears_down_and_reports_the_log(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -63,3 +64,40 @@ def test_logs_of_unknown_pid_fails_cleanly(client_env: dict[str, str], sid: str)
     proc = sandbank(client_env, "logs", sid, "99999")
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: process_not_found:")
+
+
+def test_exec_streams_stdin_piped_and_ps_shows_streamed_commands(
+    client_env: dict[str, str], sid: str
+) -> None:
+    proc = sandbank(client_env, "exec", "-i", sid, "--", "cat; echo err >&2; exit 4", stdin="piped")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (4, "piped", "err\n")
+    streamed = subprocess.Popen(
+        [sys.executable, "-m", "sandbank.cli", "exec", "--timeout", "0", sid, "--", "sleep 606"],
+        env=client_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        listed: list[dict[str, Any]] = []
+        for _ in range(100):
+            listed = [
+                p
+                for p in json.loads(ok(client_env, "ps", sid, "--running", "--json"))
+                if " ".join(p["cmd"]).endswith("sleep 606")
+            ]
+            if listed:
+                break
+            time.sleep(0.1)
+        assert listed and listed[0]["kind"] == "foreground"
+        assert "foreground" in ok(client_env, "ps", sid)
+    finally:
+        streamed.kill()  # the client is gone: so is the command
+        streamed.wait()
+    pid = listed[0]["pid"]
+    for _ in range(100):
+        info = json.loads(ok(client_env, "ps", sid, "--json"))
+        mine = next(p for p in info if p["pid"] == pid)
+        if not mine["running"]:
+            break
+        time.sleep(0.1)
+    assert mine["running"] is False and mine["signal"] == 9

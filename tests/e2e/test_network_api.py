@@ -82,7 +82,7 @@ def test_no_internet_at_create(
     ("body", "says"),
     [
         ({"network": {"deny_out": ["10.0.0.300"]}}, "'10.0.0.300' is not an IPv4"),
-        ({"network": {"allow_out": ["example.com"]}}, "domain names are not supported yet"),
+        ({"network": {"allow_out": ["ok.example", "bad_.*.example"]}}, "'bad_.*.example' is"),
         ({"network": {"deny_out": ["fd00::/8"]}}, "IPv6"),
         (
             {"allow_internet_access": False, "network": {"allow_out": ["1.1.1.1"]}},
@@ -143,3 +143,22 @@ def test_sdk(server: ServerProcess, internet: FakeInternet) -> None:
         assert sbx.get_network() == info
         out = sbx.commands.run(["python3", "-c", PROBE, f"{WEB}:{PORT}"])
         assert out.stdout.split() == [f"{WEB}:{PORT}", "fail"]
+
+
+def test_domain_entries_through_the_api(
+    api: httpx.Client, make_sandbox: Make, internet: FakeInternet
+) -> None:
+    """Domain entries are kept (in lower case) next to addresses. Nothing here
+    resolves a name: an address no allowed name resolved to stays closed."""
+    box = make_sandbox(
+        network={"deny_out": [ALL_TRAFFIC], "allow_out": ["Web.Test.", "*.wild.test", OTHER]}
+    )
+    assert box["network"]["allow_out"] == ["web.test", "*.wild.test", f"{OTHER}/32"]
+    assert reach(api, box["id"]) == {WEB: False, OTHER: True}
+    path = f"/v1/sandboxes/{box['id']}/network"
+    resp = api.put(path, json={"deny_out": ["web.test"]})
+    assert resp.status_code == 200, resp.text
+    assert api.get(path).json()["deny_out"] == ["web.test"]
+    assert reach(api, box["id"]) == {WEB: True, OTHER: True}
+    resp = api.put(path, json={"allow_out": ["*.*.test"], "deny_out": [ALL_TRAFFIC]})
+    assert resp.status_code == 422 and "'*.*.test'" in resp.json()["message"]

@@ -260,3 +260,145 @@ async def test_async_sdk_background(server: Any, make_sandbox: Make) -> None:
         assert (await handle.wait()).exit_code == 5
     finally:
         await sbx.close()
+
+
+# -- streamed commands are processes; kill-on-disconnect at any moment ------------------
+
+
+def _wait_ended(api: httpx.Client, sid: str, pid: int) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        info = api.get(f"/v1/sandboxes/{sid}/processes/{pid}").json()
+        if not info["running"]:
+            break
+        time.sleep(0.1)
+    return info
+
+
+def test_a_streamed_command_is_listed_while_it_runs(api: httpx.Client, make_sandbox: Make) -> None:
+    sid = make_sandbox(env={"SECRET": "hidden"})["id"]
+    body = {"command": "echo go; sleep 30", "env": {"MINE": "shown"}, "cwd": "/tmp", "timeout": 0}
+    with api.stream("POST", f"/v1/sandboxes/{sid}/exec/stream", json=body) as resp:
+        lines = resp.iter_lines()
+        pid = json.loads(next(lines))["pid"]
+        listed = api.get(f"/v1/sandboxes/{sid}/processes", params={"running": "true"}).json()
+        (info,) = [p for p in listed["processes"] if p["pid"] == pid]
+        assert info["kind"] == "foreground" and info["cwd"] == "/tmp"
+        assert info["env"] == {"MINE": "shown"} and "SECRET" in info["env_keys"]
+        assert info["cmd"][-1].endswith("sleep 30")
+        # Another client can follow it and signal it like any process.
+        assert api.post(f"/v1/sandboxes/{sid}/processes/{pid}/signal", json={"signal": 15})
+        events = [json.loads(line) for line in lines if line]
+    assert events[-1]["type"] == "exit" and events[-1]["signal"] == 15
+
+
+def test_a_client_gone_before_the_first_byte_takes_the_command_along(
+    server: Any, api: httpx.Client, make_sandbox: Make
+) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    sid = make_sandbox()["id"]
+    body = json.dumps({"command": "sleep 604", "timeout": 0}).encode()
+    where = urlsplit(server.url)
+    with socket.create_connection((where.hostname, where.port)) as sock:
+        sock.sendall(
+            f"POST /v1/sandboxes/{sid}/exec/stream HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {server.api_key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        # Gone at once: the command may not even have started yet.
+    deadline = time.monotonic() + 10
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not found:
+        found = [
+            p
+            for p in api.get(f"/v1/sandboxes/{sid}/processes").json()["processes"]
+            if " ".join(p["cmd"]).endswith("sleep 604")
+        ]
+        time.sleep(0.1)
+    assert found, "the command was never started"
+    info = _wait_ended(api, sid, found[0]["pid"])
+    assert info["running"] is False and info["signal"] == 9
+
+
+def test_a_client_gone_mid_stream_leaves_background_processes_alone(
+    api: httpx.Client, make_sandbox: Make
+) -> None:
+    sid = make_sandbox()["id"]
+    base = f"/v1/sandboxes/{sid}/processes"
+    bg = api.post(base, json={"command": "echo bg; sleep 30"}).json()["pid"]
+    with api.stream("GET", f"{base}/{bg}/output", params={"follow": "true"}) as resp:
+        assert json.loads(next(resp.iter_lines()))["data"] == "bg\n"
+    time.sleep(0.5)
+    assert api.get(f"{base}/{bg}").json()["running"] is True
+    assert api.delete(f"{base}/{bg}").status_code == 204
+
+
+def test_server_sent_events(api: httpx.Client, make_sandbox: Make) -> None:
+    sid = make_sandbox()["id"]
+    resp = api.post(
+        f"/v1/sandboxes/{sid}/exec/stream",
+        json={"command": "echo sse"},
+        headers={"Accept": "text/event-stream"},
+    )
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    blocks = [b for b in resp.text.split("\n\n") if b]
+    names = [b.split("\n")[0] for b in blocks]
+    assert names == ["event: start", "event: stdout", "event: exit"]
+    assert json.loads(blocks[1].split("\n")[1].removeprefix("data: "))["data"] == "sse\n"
+
+
+def test_signal_and_stdin_to_unknown_or_finished_pids(
+    api: httpx.Client, make_sandbox: Make
+) -> None:
+    sid = make_sandbox()["id"]
+    base = f"/v1/sandboxes/{sid}/processes"
+    for resp in (
+        api.post(f"{base}/99999/signal", json={"signal": "TERM"}),
+        api.post(f"{base}/99999/stdin", content=b"x"),
+        api.post(f"{base}/99999/stdin", params={"close": "true"}),
+    ):
+        assert resp.status_code == 404, resp.text
+        assert resp.json()["code"] == "process_not_found" and resp.json()["pid"] == 99999
+    pid = api.post(base, json={"cmd": ["cat"], "stdin": "open"}).json()["pid"]
+    api.post(f"{base}/{pid}/stdin", params={"close": "true"})
+    api.post(f"{base}/{pid}/wait", params={"timeout": 10})
+    for resp in (
+        api.post(f"{base}/{pid}/signal", json={"signal": "TERM"}),
+        api.post(f"{base}/{pid}/stdin", content=b"x"),
+        api.delete(f"{base}/{pid}"),
+    ):
+        assert resp.status_code == 409, resp.text
+        assert (resp.json()["pid"], resp.json()["exit_code"]) == (pid, 0)
+        assert str(pid) in resp.json()["message"]
+
+
+def test_output_cap_marker_and_live_output_past_it(api: httpx.Client, make_sandbox: Make) -> None:
+    sid = make_sandbox()["id"]
+    base = f"/v1/sandboxes/{sid}/processes"
+    pid = api.post(
+        base, json={"command": "head -c 5000 /dev/zero | tr '\\0' a", "max_output": 1000}
+    ).json()["pid"]
+    info = api.post(f"{base}/{pid}/wait", params={"timeout": 10}).json()
+    assert info["truncated"] == ["stdout"] and info["output_bytes"] == 1000
+    events = _events(api.get(f"{base}/{pid}/output"))
+    assert [e["type"] for e in events][-2:] == ["truncated", "exit"]
+    assert sum(len(e["data"]) for e in events if e["type"] == "stdout") == 1000
+    assert api.post(base, json={"command": "true", "max_output": 1 << 40}).status_code == 422
+    # A streamed command delivers everything, past the cap kept for replay (16 MiB).
+    size = 20_000_000
+    body = {"command": f"head -c {size} /dev/zero | tr '\\0' b; echo -n end >&2"}
+    got = 0
+    kinds = set()
+    with api.stream("POST", f"/v1/sandboxes/{sid}/exec/stream", json=body) as resp:
+        for line in resp.iter_lines():
+            event = json.loads(line)
+            kinds.add(event["type"])
+            if event["type"] == "stdout":
+                got += len(event["data"])
+            elif event["type"] == "stderr":
+                assert event["data"] == "end"
+    assert got == size and {"truncated", "stderr", "exit"} <= kinds

@@ -30,6 +30,7 @@ from sandbank.errors import (
     NotADirectory,
     SandboxUnavailable,
 )
+from sandbank.protocol.agent import FILE_CHUNK
 from sandbank.runtime.agent_client import AgentClient
 from sandbank.runtime.base import ExecSpec
 
@@ -428,7 +429,7 @@ async def test_64_mib_file_streams_both_ways(agent: Agent, tmp_path: Path) -> No
         got.update(chunk)
         largest = max(largest, len(chunk))
     assert got.hexdigest() == sent.hexdigest()
-    assert largest <= 256 * 1024
+    assert largest <= FILE_CHUNK
 
 
 async def test_write_creates_parents(agent: Agent) -> None:

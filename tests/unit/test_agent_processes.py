@@ -274,6 +274,7 @@ def test_ended_processes_are_pruned_after_the_retention(tmp_path: Path) -> None:
 
     from sandbank.agent import jobs
 
+    assert jobs.RETAIN_SECONDS >= 600  # exit codes are promised for 10 minutes
     (tmp_path / "123").mkdir()  # left by an earlier agent
     registry = jobs.Registry(str(tmp_path))
     assert not (tmp_path / "123").exists()
@@ -281,7 +282,11 @@ def test_ended_processes_are_pruned_after_the_retention(tmp_path: Path) -> None:
     for pid, ended in ((1, now - jobs.RETAIN_SECONDS - 1), (2, now - 5), (3, None)):
         (tmp_path / str(pid)).mkdir()
         record = SimpleNamespace(
-            pid=pid, finished=ended is not None, ended_at=ended, directory=str(tmp_path / str(pid))
+            pid=pid,
+            finished=ended is not None,
+            ended_at=ended,
+            directory=str(tmp_path / str(pid)),
+            live=[],
         )
         registry._jobs[pid] = record  # type: ignore[assignment]
     registry.prune()
@@ -295,3 +300,65 @@ async def test_stdin_to_a_process_that_stops_reading_does_not_hang(agent: Agent)
     with pytest.raises(Conflict):
         await asyncio.wait_for(client.send_stdin(job.pid, b"x" * (1 << 20)), 5)
     assert (await client.wait(job.pid, 5)).exit_code == 0
+
+
+async def test_small_writes_are_sent_as_few_frames_and_offsets_still_resume(
+    agent: Agent,
+) -> None:
+    client = agent.client()
+    job = await client.start(sh("i=0; while [ $i -lt 3000 ]; do echo l$i; i=$((i+1)); done"))
+    await client.wait(job.pid, 10)
+    expected = b"".join(f"l{i}\n".encode() for i in range(3000))
+    events = await collect(client, job.pid)
+    assert text(events) == expected
+    assert len(events) < 100  # thousands of writes, merged
+    for offset in (0, 7, 12345, len(expected) - 1):
+        tail = await collect(client, job.pid, offset=offset)
+        assert text(tail) == expected[offset:] and tail[0].offset == offset
+
+
+async def test_live_readers_get_output_past_the_cap(agent: Agent) -> None:
+    client = agent.client()
+    job = await client.start(sh("sleep 0.3; head -c 100000 /dev/zero | tr '\\0' x", max_output=10))
+    live = await collect(client, job.pid)
+    assert text(live) == b"x" * 100000
+    assert [e.stream for e in live if e.kind == "truncated"] == ["stdout"]
+    replay = await collect(client, job.pid)
+    assert text(replay) == b"x" * 10 and replay[-1].info is not None
+    assert replay[-1].info.truncated == ["stdout"] and replay[-1].info.output_bytes == 10
+
+
+async def test_run_is_foreground_and_dies_with_its_stream(agent: Agent) -> None:
+    client = agent.client()
+    spec = sh("head -c 3000000 /dev/zero | tr '\\0' y; echo done >&2", max_output=1000)
+    events = [event async for event in client.run(spec)]
+    assert events[0].kind == "start" and events[0].info is not None
+    assert events[0].info.kind == "foreground"
+    assert text(events) == b"y" * 3000000 and text(events, "stderr") == b"done\n"
+    assert events[-1].kind == "exit" and events[-1].info is not None
+    assert events[-1].info.exit_code == 0
+
+    stream = client.run(
+        sh("echo up; sleep 600", env={"SHOWN": "1", "HIDDEN": "2"}, show_env=("SHOWN",))
+    )
+    start = await anext(stream)
+    assert start.info is not None and start.info.env == {"SHOWN": "1"}
+    assert "HIDDEN" in start.info.env_keys
+    assert (await anext(stream)).data == b"up\n"
+    await stream.aclose()  # the server went away
+    ended = await client.wait(start.info.pid, 5)
+    assert ended.signal == signal.SIGKILL and ended.kind == "foreground"
+
+
+async def test_a_foreground_reader_that_stops_reading_does_not_outlast_the_timeout(
+    agent: Agent,
+) -> None:
+    client = agent.client()
+    stream = client.run(sh("yes", timeout=1, max_output=10))
+    start = await anext(stream)  # then read nothing: the process waits for us...
+    assert start.info is not None
+    try:
+        ended = await agent.client().wait(start.info.pid, 10)  # ...until its timeout
+        assert ended.timed_out and ended.signal == signal.SIGKILL
+    finally:
+        await stream.aclose()

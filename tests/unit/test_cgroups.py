@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbank.runtime.linux.cgroups import (
-    SERVER_LEAF,
-    CgroupLayout,
-    Limits,
-    favors_dynmods,
-    make_room,
-)
+from sandbank.runtime.linux.cgroup_host import SERVER_LEAF, favors_dynmods, make_room
+from sandbank.runtime.linux.cgroups import CgroupLayout, Limits
 
 V1_CONTROLLERS = ["cpu", "cpuacct", "memory", "pids", "freezer", "systemd"]
 SANDBOX = "/srv/abc/sandbank/sbx1"

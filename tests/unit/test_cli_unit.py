@@ -74,7 +74,11 @@ class FakeCommands:
         self.calls: list[tuple[Any, dict[str, Any]]] = []
 
     def run(self, cmd: Any, **options: Any) -> CommandResult:
+        """As the SDK: output goes to the handlers (streamed) when given."""
         self.calls.append((cmd, options))
+        for name, text in (("on_stdout", self.result.stdout), ("on_stderr", self.result.stderr)):
+            if options.get(name) is not None and text:
+                options[name](text)
         return self.result
 
 

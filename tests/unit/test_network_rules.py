@@ -40,16 +40,6 @@ def test_no_internet_drops_everything_and_has_no_dns() -> None:
     assert _rules(cmds, NAMES.dns_chain) == []
 
 
-def test_a_policy_without_lists_makes_no_sets() -> None:
-    """Every named set slows each later nft batch down: none for empty lists."""
-    for policy in (NetworkPolicy(), make_policy(False)):
-        cmds = netrules.add_sandbox(NAMES, policy, "192.0.2.53")
-        assert not [c for c in cmds if "set" in c.get("add", {})]
-        assert "@" not in str(_rules(cmds, NAMES.chain))
-    cmds = netrules.add_sandbox(NAMES, make_policy(True, ["1.1.1.1"], []), None)
-    assert [c["add"]["set"]["name"] for c in cmds if "set" in c.get("add", {})] == [NAMES.allow_set]
-
-
 def test_allow_is_checked_before_deny() -> None:
     cmds = netrules.add_sandbox(NAMES, make_policy(True, ["1.1.1.1"], ["0.0.0.0/0"]), None)
     chain = [str(r) for r in _rules(cmds, NAMES.chain)]
@@ -89,11 +79,13 @@ def test_resolvers_skip_loopback_stubs(tmp_path: Path) -> None:
 
 
 APPLY = """
+import socket
 from sandbank.errors import RuntimeFailure
 from sandbank.protocol.network import NetworkPolicy, make_policy
 from sandbank.runtime.linux import netrules
 from sandbank.runtime.linux.netrules import Names
-from sandbank.runtime.linux.nft import Nft
+from sandbank.runtime.linux.domainpolicy import DomainRules
+from sandbank.runtime.linux.nft import Nft, element_keys
 
 for nft in (Nft(), Nft(prefer_library=False)):
     names = Names("0123456789ab")
@@ -103,26 +95,37 @@ for nft in (Nft(), Nft(prefer_library=False)):
                                       "192.0.2.53"))
     nft.run_sync(netrules.replace_policy(names, make_policy(False), "192.0.2.53"))
     nft.run_sync(netrules.replace_policy(names, NetworkPolicy(), None))
-    listing = nft.list_sync("map", family="inet", table="sandbank", name="egress")
-    assert names.veth in netrules.element_keys(listing, "map"), listing
+    # Domain rules: redirects, timeout sets, a labelled member, listed ports.
+    ports = netrules.DomainPorts(5300, 8443)
+    domains = make_policy(True, ["web.test"], ["0.0.0.0/0", "*.bad.test"])
+    other = Names("ba9876543210")
+    nft.run_sync(netrules.add_sandbox(other, domains, "192.0.2.53", ports, "sandbank:x:y"))
+    nft.run_sync(netrules.host_ports(ports, add=True))
+    nft.run_sync(netrules.add_resolved(other, {"198.51.100.10": 60}, {"203.0.113.9": 30}))
+    nft.run_sync(netrules.refresh_resolved(other, {"198.51.100.11": 60}, {}))
+    nft.run_sync(netrules.replace_policy(other, domains, None, ports, ({"1.2.3.4": 9}, {})))
+    resolved_set = other.resolved_allow_set
+    listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name=resolved_set)
+    assert "1.2.3.4" in str(listing) and "198.51.100.11" not in str(listing), listing
+    nft.run_sync(netrules.replace_policy(other, NetworkPolicy(), "192.0.2.53", ports))
+    nft.run_sync(netrules.host_ports(ports, add=False))
+    nft.run_sync(netrules.remove_sandbox(other))
+    # Ports nobody listens on (a server that died) are unlisted at start.
+    live = socket.create_server(("0.0.0.0", 0))
+    port = live.getsockname()[1]
+    nft.run_sync(netrules.host_ports(netrules.DomainPorts(port, 1), add=True))
+    DomainRules(nft, None, [])._prune_host_ports()
+    listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name="hostports")
+    assert [e for i in listing for e in i.get("set", {}).get("elem", [])] == [port], listing
+    live.close()
+    listing = nft.list_sync("map", family="inet", table=netrules.TABLE, name="egress")
+    assert names.veth in element_keys(listing, "map"), listing
     nft.run_sync(netrules.remove_sandbox(names))
     for kind, ident in netrules.sandbox_objects(names):
         assert nft.list_sync(kind, **ident) is None, (kind, ident)
-    listing = nft.list_sync("set", family="inet", table="sandbank", name="ifaces")
-    assert names.veth not in netrules.element_keys(listing, "set")
-    # Without lists there are no sets; a later policy with lists makes them.
-    plain = Names("ba9876543210")
-    nft.run_sync(netrules.add_sandbox(plain, NetworkPolicy(), "192.0.2.53"))
-    assert nft.list_sync("set", family="inet", table="sandbank", name=plain.allow_set) is None
-    nft.run_sync(netrules.remove_sandbox(plain))
-    nft.run_sync(netrules.add_sandbox(plain, NetworkPolicy(), None))
-    nft.run_sync(netrules.replace_policy(plain, make_policy(True, [], ["10.0.0.0/8"]), None))
-    listing = nft.list_sync("set", family="inet", table="sandbank", name=plain.deny_set)
-    assert listing is not None and "10.0.0.0" in str(listing), listing
-    nft.run_sync(netrules.remove_sandbox(plain))
-    for kind, ident in netrules.sandbox_objects(plain):
-        assert nft.list_sync(kind, **ident) is None, (kind, ident)
-    nft.run_sync([{"delete": {"table": {"family": "inet", "name": "sandbank"}}}])
+    listing = nft.list_sync("set", family="inet", table=netrules.TABLE, name="ifaces")
+    assert names.veth not in element_keys(listing, "set")
+    nft.run_sync([{"delete": {"table": {"family": "inet", "name": netrules.TABLE}}}])
 print("applied")
 """
 
@@ -151,43 +154,3 @@ def test_bad_network_settings_are_named() -> None:
         with pytest.raises(RuntimeFailure):
             SandboxNetworks("/data", cidr, dns)
     assert SandboxNetworks("/data", "10.0.0.0/24").slots == 64
-
-
-LEFTOVERS = """
-import asyncio
-import subprocess
-from sandbank.protocol.network import NetworkPolicy, make_policy
-from sandbank.runtime.linux import netrules
-from sandbank.runtime.linux.network import SandboxNetworks
-
-async def main():
-    net = SandboxNetworks("/data")
-    await net.nft.run(netrules.base_table())
-    names = net.names("sbx1")
-    await net.nft.run(netrules.add_sandbox(names, make_policy(True, ["1.1.1.1"], []), None))
-    await net.nft.run(netrules.add_sandbox(net.names("other"), NetworkPolicy(), None))
-    found = await net.leftovers("sbx1")
-    for name in (names.chain, names.dns_chain, names.allow_set):
-        assert any(name in f for f in found), (name, found)
-    assert not any(names.deny_set in f for f in found), found
-    subprocess.run(["ip", "link", "add", names.veth, "type", "veth", "peer", "p0"], check=True)
-    assert f"network link {names.veth}" in await net.leftovers("sbx1")
-    await net.detach("sbx1")
-    assert await net.leftovers("sbx1") == []
-    assert await net.leftovers("other") != []
-    print("found")
-
-asyncio.run(main())
-"""
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
-def test_leftovers_name_what_is_left() -> None:
-    result = subprocess.run(
-        ["unshare", "--net", sys.executable, "-c", LEFTOVERS],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "found"

@@ -38,7 +38,7 @@ async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
 
 def test_table() -> None:
     assert S.PAUSED in TRANSITIONS[S.RUNNING]
-    assert TRANSITIONS[S.PAUSED] == {S.RUNNING, S.KILLING}
+    assert TRANSITIONS[S.PAUSED] == {S.RUNNING, S.KILLING, S.STOPPING}
     assert S.PAUSED not in TRANSITIONS[S.POOLED]
     assert S.PAUSED in ACTIVE
 

@@ -175,7 +175,41 @@ async def test_async_sdk_over_the_app(transport: httpx.ASGITransport) -> None:
             await sbx.commands.connect(31337)
         with pytest.raises(ValidationFailed):
             await sbx.commands.run("cat", stdin=True)
-        with pytest.raises(ValidationFailed):
-            await sbx.commands.run("true", background=True, on_stdout=chunks.append)
+        # Handlers given with background=True are called by the handle's wait().
+        later: list[str] = []
+        echo = await sbx.commands.run("echo later", background=True, on_stdout=later.append)
+        assert (await echo.wait()).stdout == "later\n" and later == ["later\n"]
     finally:
         await sbx.kill()
+
+
+class _Chunks:
+    """An ``ApiConnection`` whose streamed answer arrives in given chunks."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.closed = False
+
+    async def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+        try:
+            for chunk in self.chunks:
+                yield chunk
+        finally:
+            self.closed = True
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 10_000])
+async def test_sdk_reads_ndjson_lines_across_any_chunking(size: int) -> None:
+    from sandbank.client._async.process import ndjson
+
+    events = [{"type": "stdout", "data": "x" * n + "\n", "offset": n} for n in (0, 5, 3000)]
+    body = b"".join(json.dumps(e).encode() + b"\n" for e in events) + b"\n"
+    connection = _Chunks([body[i : i + size] for i in range(0, len(body), size)])
+    got = [event async for event in ndjson(connection, "GET", "/x")]  # type: ignore[arg-type]
+    assert got == events and connection.closed
+    # Leaving early closes the connection (which ends a foreground command).
+    connection = _Chunks([body])
+    stream = ndjson(connection, "GET", "/x")  # type: ignore[arg-type]
+    assert (await anext(stream)) == events[0]
+    await stream.aclose()
+    assert connection.closed

@@ -12,7 +12,15 @@ import os
 import sys
 import time
 
-from sandbank.protocol.agent import HEADER, encode, encode_json, recv_frame, recv_json
+from sandbank.protocol.agent import (
+    HEADER,
+    MAX_FRAME,
+    FrameError,
+    encode,
+    encode_json,
+    recv_frame,
+    recv_json,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,18 +79,41 @@ class Conn:
     write (header, output, exit) instead of three, and the client wakes once.
     """
 
-    __slots__ = ("_held", "answered", "sock")
+    __slots__ = ("_held", "_inbox", "answered", "sock")
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.answered = False
         self._held = bytearray()
+        self._inbox = bytearray()
 
     def recv_json(self) -> dict[str, Any]:
         return recv_json(self.sock)
 
     def recv_frame(self) -> tuple[bytes, bytes]:
         return recv_frame(self.sock)
+
+    def recv_view(self) -> tuple[bytes, memoryview]:
+        """The next frame, its payload a view of a buffer this connection reuses
+        (valid until the next call): uploads allocate, zero and copy nothing per frame."""
+        head = bytearray(HEADER.size)
+        self._fill(memoryview(head))
+        kind, length = HEADER.unpack(head)
+        if length > MAX_FRAME:
+            raise FrameError(f"frame of {length} bytes is too large")
+        if len(self._inbox) < length:
+            self._inbox = bytearray(length)
+        view = memoryview(self._inbox)[:length]
+        self._fill(view)
+        return kind, view
+
+    def _fill(self, view: memoryview) -> None:
+        got = 0
+        while got < len(view):
+            count = self.sock.recv_into(view[got:])
+            if not count:
+                raise FrameError("connection closed mid-frame" if got else "connection closed")
+            got += count
 
     def ok(self, *, hold: bool = False, **fields: Any) -> None:
         self.answered = True

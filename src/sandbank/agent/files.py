@@ -21,7 +21,7 @@ from sandbank.agent.base import (
     resolve,
 )
 from sandbank.agent.conn import Conn, errors, suppress
-from sandbank.protocol.agent import CHUNK, DATA, END, FrameError
+from sandbank.protocol.agent import CHUNK, DATA, END, FILE_CHUNK, FrameError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,12 +41,47 @@ def read(conn: Conn, req: dict[str, Any]) -> None:
             raise errors.IsADirectory(f"{path} is a directory")
         if not stat.S_ISREG(st.st_mode):
             raise errors.BadRequest(f"{path} is not a regular file")
+        encoding = req.get("encoding")
+        decoder = None if encoding is None else _text_decoder(fd, path, encoding)
         conn.ok(entry=entry(path, st))
-        while chunk := os.read(fd, CHUNK):
+        while chunk := os.read(fd, FILE_CHUNK):
+            if decoder is not None:
+                decoder.decode(chunk)  # changed since the check: cut the stream
             conn.send(DATA, chunk)
+        if decoder is not None:
+            decoder.decode(b"", final=True)
         conn.send(END)
     finally:
         os.close(fd)
+
+
+def _text_decoder(fd: int, path: str, encoding: object) -> Any:
+    """Check the whole file decodes as ``encoding`` before answering (a second
+    pass over the disk, not memory), so binary data on a text read is a clear
+    error rather than a broken stream. Returns a fresh decoder for the send."""
+    import codecs
+
+    if not isinstance(encoding, str) or not encoding:
+        raise errors.BadRequest("encoding must be a non-empty string")
+    try:
+        factory = codecs.getincrementaldecoder(encoding)
+    except LookupError:
+        raise errors.BadRequest(f"unknown text encoding {encoding!r}") from None
+    decoder = factory("strict")
+    offset = 0
+    try:
+        while chunk := os.read(fd, CHUNK):
+            decoder.decode(chunk)
+            offset += len(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise errors.NotText(
+            f"{path} is not {encoding} text (byte {offset + exc.start} cannot be decoded); "
+            "read it as bytes instead",
+            encoding=encoding,
+        ) from None
+    os.lseek(fd, 0, os.SEEK_SET)
+    return factory("strict")
 
 
 def write(conn: Conn, req: dict[str, Any]) -> None:
@@ -62,6 +97,7 @@ def write(conn: Conn, req: dict[str, Any]) -> None:
     tmp: str | None = None
     fd = -1
     received = False
+    failure: errors.SandbankError | None = None
     try:
         who = identity(req.get("user"))
         path = resolve(req.get("path"), who)
@@ -88,18 +124,19 @@ def write(conn: Conn, req: dict[str, Any]) -> None:
         tmp = None
         created = []
         conn.ok(entry=entry(target))
-    except errors.SandbankError as exc:
-        _refuse(conn, exc, received)
     except (FrameError, ConnectionError):
         raise
-    except OSError as exc:
-        _refuse(conn, os_error(exc), received)
+    except (errors.SandbankError, OSError) as exc:
+        failure = exc if isinstance(exc, errors.SandbankError) else os_error(exc)
     finally:
+        # Cleaned up before any answer: a client told of a failure finds nothing left.
         if fd >= 0:
             os.close(fd)
         if tmp is not None:
             _unlink(tmp)
         remove_dirs(created)
+    if failure is not None:
+        _refuse(conn, failure, received)
 
 
 def _target(path: str) -> tuple[str, os.stat_result | None]:
@@ -122,14 +159,13 @@ def _receive(conn: Conn, fd: int) -> bool:
     """Copy D frames into ``fd`` until Z. False when the client went away first."""
     while True:
         try:
-            kind, payload = conn.recv_frame()
+            kind, view = conn.recv_view()
         except (FrameError, ConnectionError):
             return False
         if kind == END:
             return True
         if kind != DATA:
             raise errors.BadRequest(f"expected a data frame, got {kind!r}")
-        view = memoryview(payload)
         while view:
             view = view[os.write(fd, view) :]
 

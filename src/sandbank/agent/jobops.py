@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 #: How often a reader that waits for output looks whether its client is gone.
 CLIENT_CHECK_SECONDS = 0.25
+#: Bytes of the output file read at once; more than any frame.
+READ_BLOCK = 1024 * 1024
 STDIN_MODES = ("none", "bytes", "open")
 
 
@@ -59,9 +61,12 @@ def start(conn: Conn, req: dict[str, Any]) -> None:
     def begin() -> Spawned:
         return spawn.spawn(argv, env, cwd, who, stdin_r)
 
+    foreground = req.get("foreground") is True
     spec = {
         "cmd": argv, "cwd": cwd, "user": who.name, "tag": tag,
         "env_keys": sorted(env), "stdin": mode,
+        "env": _shown_env(req.get("show_env"), env),
+        "kind": "foreground" if foreground else "background",
     }  # fmt: skip
     try:
         job = jobs.registry().start(begin, spec, cap, timeout, stdin_w)
@@ -80,7 +85,40 @@ def start(conn: Conn, req: dict[str, Any]) -> None:
         raise
     finally:
         os.close(stdin_r)
-    conn.ok(pid=job.pid, tag=tag, job=job.info())
+    if not foreground:
+        conn.ok(pid=job.pid, tag=tag, job=job.info())
+        return
+    try:
+        conn.ok(pid=job.pid, tag=tag, job=job.info())
+    finally:
+        _hold(conn, job)  # also when the answer could not be sent: it kills then
+
+
+def _hold(conn: Conn, job: Job) -> None:
+    """A foreground process: its output follows on this connection, and a client
+    that hangs up before the exit (or a server that dies) takes it along."""
+    fd = os.open(job.output_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _replay(conn, job, fd, 0, True, hold=True)
+    except OSError:
+        pass  # the client is gone mid-send
+    finally:
+        os.close(fd)
+        with job.cond:
+            job.hold_seq = None
+            job.cond.notify_all()
+            if not job.finished:
+                job.child.kill_group()
+
+
+def _shown_env(raw: object, env: dict[str, str]) -> dict[str, str]:
+    """The variables ``jobs`` reports with their values: those given with the
+    command. The sandbox's own (which may hold secrets) are listed by name only."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, list) or not all(isinstance(key, str) for key in raw):
+        raise errors.BadRequest("show_env must be a list of variable names")
+    return {key: env[key] for key in raw if key in env}
 
 
 def list_jobs(conn: Conn, req: dict[str, Any]) -> None:
@@ -110,33 +148,80 @@ def attach(conn: Conn, req: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _replay(conn: Conn, job: Job, fd: int, want: int, follow: bool) -> None:
+def _replay(conn: Conn, job: Job, fd: int, want: int, follow: bool, hold: bool = False) -> None:
+    """Stored output from ``want``, then (``follow``) live output, including what
+    comes past the cap (from the window in memory), then the exit. A ``hold``
+    reader advances ``job.hold_seq``, which a pump past the cap waits for."""
     pos = 0  # in the file
     at = 0  # in the output, both streams
+    with job.cond:
+        cursor = job.live_next  # live output from now on
     while True:
         with job.cond:
-            while follow and pos == job.written and not job.finished:
+            while follow and pos == job.written and cursor == job.live_next and not job.finished:
                 job.cond.wait(CLIENT_CHECK_SECONDS)
                 if pos == job.written and not _client_alive(conn):
                     return
             written, finished = job.written, job.finished
+            fresh = [chunk for chunk in job.live if chunk[0] >= cursor] if follow else []
+            lost = (fresh[0][0] if fresh else job.live_next) > cursor if follow else False
+            cursor = job.live_next if follow else cursor
         while pos < written:
-            kind, length = HEADER.unpack(os.pread(fd, HEADER.size, pos))
-            payload = os.pread(fd, length, pos + HEADER.size) if length else b""
-            pos += HEADER.size + length
-            if kind == JSON:
-                if at >= want:
-                    conn.send(JSON, payload)
-                continue
-            if at + length > want:
-                conn.send(kind, payload[max(0, want - at) :])
-            at += length
+            pos, at = _send_stored(conn, fd, pos, written, at, want)
+        if lost:
+            conn.send_json({"event": "truncated", "stream": "live"})
+        for _, kind, data in fresh:
+            conn.send(kind, data)
+        if hold and fresh:
+            with job.cond:
+                job.hold_seq = cursor
+                job.cond.notify_all()
         if finished:
             conn.send_json({"event": "exit", **job.info()})
             return
         if not follow:
             conn.send_json({"event": "more", "offset": max(at, want)})
             return
+
+
+def _send_stored(
+    conn: Conn, fd: int, pos: int, written: int, at: int, want: int
+) -> tuple[int, int]:
+    """Send the whole frames of one block of the file from ``pos``, output from
+    ``want`` on; consecutive chunks of a stream go out as one frame (a busy
+    process writes many small ones). Returns the new ``pos`` and ``at``."""
+    _, first = HEADER.unpack(os.pread(fd, HEADER.size, pos))
+    span = min(written - pos, max(READ_BLOCK, HEADER.size + first))
+    block = memoryview(os.pread(fd, span, pos))
+    i = 0
+    kind_out = b""
+    parts: list[memoryview] = []
+    size = 0
+    while i + HEADER.size <= len(block):
+        kind, length = HEADER.unpack_from(block, i)
+        if i + HEADER.size + length > len(block):
+            break  # the rest of this frame is in the next block
+        payload = block[i + HEADER.size : i + HEADER.size + length]
+        i += HEADER.size + length
+        if kind == JSON:
+            if at >= want:
+                if parts:
+                    conn.send(kind_out, b"".join(parts))
+                    parts, size = [], 0
+                conn.send(JSON, bytes(payload))
+            continue
+        if at + length > want:
+            piece = payload[max(0, want - at) :]
+            if parts and (kind != kind_out or size + len(piece) > CHUNK):
+                conn.send(kind_out, b"".join(parts))
+                parts, size = [], 0
+            kind_out = kind
+            parts.append(piece)
+            size += len(piece)
+        at += length
+    if parts:
+        conn.send(kind_out, b"".join(parts))
+    return pos + i, at
 
 
 def wait(conn: Conn, req: dict[str, Any]) -> None:
@@ -261,7 +346,7 @@ def _cap(raw: object) -> int:
         return jobs.MAX_OUTPUT
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
         raise errors.BadRequest("max_output must be a non-negative number of bytes")
-    return min(raw, jobs.MAX_OUTPUT)
+    return raw  # the server bounds it
 
 
 def _client_alive(conn: Conn) -> bool:

@@ -8,9 +8,13 @@ Each one gets a directory of its own, ``<JOBS_DIR>/<pid>/``:
   hit its cap. Offsets count output bytes only, both streams together.
 * ``meta.json``: what ``jobs`` reports, rewritten when the process ends.
 
-Each stream keeps its first ``max_output`` bytes; the rest is read and dropped
-(the process never blocks on a full pipe) and ``truncated`` says so. The head
-rather than the tail: it never moves, so offsets stay valid for every reader.
+Each stream keeps its first ``max_output`` bytes; the rest is not stored and
+``truncated`` says so. The head rather than the tail: it never moves, so
+offsets stay valid for every reader. What comes past the cap still reaches the
+readers following live, through a window of ``LIVE_WINDOW`` bytes in memory: a
+reader that falls further behind loses chunks (and gets a ``truncated``
+marker), except the holder of a foreground process, which the process waits
+for (its writes block, as on any pipe) so that its one stream loses nothing.
 
 A pump thread per process copies its pipes into the file and waits for its exit
 status, which the reaper hands over like any other child's. Finished processes
@@ -29,6 +33,7 @@ import select
 import shutil
 import threading
 import time
+from collections import deque
 
 from sandbank.agent import reaper
 from sandbank.agent.base import os_error
@@ -52,6 +57,10 @@ RETAIN_SECONDS = 600.0
 #: As ``exec``: after the exit, how long output still held open by its own
 #: background children is copied before the record is closed.
 DRAIN_SECONDS = 0.1
+#: Output past the cap kept in memory for live readers.
+LIVE_WINDOW = 8 * 1024 * 1024
+#: How often a pump held up by a foreground reader looks again.
+HOLD_CHECK_SECONDS = 0.25
 
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
@@ -82,6 +91,14 @@ class Job:
         self.stdin_w = stdin_w
         self.stdin_lock = threading.Lock()
         self.stdin_mode = spec["stdin"]
+        #: Output past the cap, ``(seq, kind, data)``, for live readers.
+        self.live: deque[tuple[int, bytes, bytes]] = deque()
+        self.live_next = 0
+        self.live_size = 0
+        #: The next live chunk the foreground reader needs; None: nobody holds it.
+        self.hold_seq: int | None = 0 if spec.get("kind") == "foreground" else None
+        #: When the timeout kills it (``time.monotonic``), also while the pump waits.
+        self.deadline: float | None = None
 
     @property
     def output_path(self) -> str:
@@ -95,6 +112,8 @@ class Job:
             "cmd": self.spec["cmd"],
             "cwd": self.spec["cwd"],
             "env_keys": self.spec["env_keys"],
+            "env": self.spec.get("env") or {},
+            "kind": self.spec.get("kind", "background"),
             "user": self.spec["user"],
             "started_at": self.started_at,
             "ended_at": self.ended_at,
@@ -137,6 +156,7 @@ class Job:
         kinds = {child.stdout: STDOUT, child.stderr: STDERR}
         open_pipes = set(kinds)
         deadline = None if timeout is None else child.started + timeout
+        self.deadline = deadline
         drain_until: float | None = None
         poller = select.poll()
         for fd in (*kinds, child.wake_fd):
@@ -172,7 +192,7 @@ class Job:
             os.close(out)
 
     def _store(self, out: int, kind: bytes, data: bytes) -> None:
-        room = self.cap - self.stored[kind]
+        room = max(0, self.cap - self.stored[kind])
         record = b""
         if room > 0:
             kept = data[:room]
@@ -181,17 +201,38 @@ class Job:
         if len(data) > room and name not in self.truncated:
             record += encode_json({"event": "truncated", "stream": name})
             self.truncated.append(name)
-        if not record:
-            return
         view = memoryview(record)
         while view:
             view = view[os.write(out, view) :]
+        rest = data[room:]
         with self.cond:
             self.written += len(record)
-            if room > 0:
-                self.stored[kind] += len(data[:room])
-                self.offset += len(data[:room])
+            self.stored[kind] += len(data) - len(rest)
+            self.offset += len(data) - len(rest)
+            if rest:
+                self.live.append((self.live_next, kind, rest))
+                self.live_next += 1
+                self.live_size += len(rest)
+                self._trim()
             self.cond.notify_all()
+
+    def _trim(self) -> None:
+        """Keep the live window bounded; wait for a foreground reader rather than
+        drop what it has not read. Called with ``cond`` held."""
+        while self.live_size > LIVE_WINDOW:
+            seq, _, chunk = self.live[0]
+            if self.hold_seq is not None and seq >= self.hold_seq:
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    # A reader that stopped reading does not outlast the timeout.
+                    if self.child.exit_code is None:
+                        self.timed_out = True
+                        self.child.kill_group()
+                    self.hold_seq = None
+                    continue
+                self.cond.wait(HOLD_CHECK_SECONDS)
+                continue
+            self.live.popleft()
+            self.live_size -= len(chunk)
 
     def _finish(self) -> None:
         self.child.close()
@@ -296,6 +337,13 @@ class Registry:
             for job in old:
                 del self._jobs[job.pid]
                 shutil.rmtree(job.directory, ignore_errors=True)
+            # A reader that joins now starts past the live window: free it once
+            # the readers of the time have had a while to finish.
+            for job in self._jobs.values():
+                if job.finished and job.live and (job.ended_at or 0) < time.time() - 60:
+                    with job.cond:
+                        job.live.clear()
+                        job.live_size = 0
 
 
 def _thread_pump_cleanup(child: Child) -> None:

@@ -196,7 +196,13 @@ def _warm_up() -> None:
     reaper.get()
 
 
+#: The listening socket, for ``park`` (see agent/parking.py).
+_listener: Any = None
+
+
 def _serve(listener: _socket.socket) -> None:
+    global _listener
+    _listener = listener
     # A signal may land on any thread, and Python runs its handler on the main
     # thread only once that thread runs Python code: a bare accept() could sleep
     # through SIGTERM. The wakeup fd makes the poll below return for it.
@@ -210,6 +216,8 @@ def _serve(listener: _socket.socket) -> None:
             if fd == wake_r:
                 with suppress(BlockingIOError):
                     os.read(wake_r, 512)
+            elif "sandbank.agent.parking" in sys.modules and _parking().parked():
+                _parking().unpark(listener)
             else:
                 _accept(listener)
 
@@ -253,6 +261,12 @@ def _handle(sock: _socket.socket) -> None:
                 _before_first_answer.release()
 
 
+def _parking() -> Any:
+    from sandbank.agent import parking
+
+    return parking
+
+
 def _errors() -> Any:
     from sandbank import errors
 
@@ -291,6 +305,18 @@ _JOB_OPS = {
 }
 
 
+#: Directory trees, batches, ownership, search and watches: operation -> (module, handler).
+_TREE_OPS = {
+    "tar": ("tarout", "tar_dir"),
+    "untar": ("archive", "untar"),
+    "write_files": ("fileops", "write_files"),
+    "chmod": ("fileops", "chmod"),
+    "chown": ("fileops", "chown"),
+    "find": ("fileops", "find"),
+    "watch": ("watch", "watch"),
+}
+
+
 def _dispatch(conn: Conn, req: dict[str, Any]) -> None:
     op = req.get("op")
     if op == "ping":
@@ -307,10 +333,19 @@ def _dispatch(conn: Conn, req: dict[str, Any]) -> None:
 
         getattr(jobops, _JOB_OPS[op])(conn, req)
         return
+    if op == "park":
+        _parking().park(conn, _listener)
+        return
     if op == "hostname":
         from sandbank.agent import system
 
         system.hostname(conn, req)
+        return
+    if isinstance(op, str) and op in _TREE_OPS:
+        import importlib  # loaded with the first such operation
+
+        module, name = _TREE_OPS[op]
+        getattr(importlib.import_module(f"sandbank.agent.{module}"), name)(conn, req)
         return
     from sandbank.agent import files
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TextIO
 
 import typer
 
@@ -20,6 +21,16 @@ def _options(ctx: typer.Context) -> ServerOptions:
     return options
 
 
+def echo_to(stream: TextIO) -> Callable[[str], None]:
+    """An output handler that prints each chunk at once."""
+
+    def echo(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return echo
+
+
 def _state(info: ProcessInfo) -> str:
     if info.running:
         return "running"
@@ -31,11 +42,12 @@ def _state(info: ProcessInfo) -> str:
 
 
 def _table(infos: list[ProcessInfo]) -> None:
-    table = _render._table("PID", "TAG", "STATE", "USER", "STARTED", "COMMAND")
+    table = _render._table("PID", "TAG", "KIND", "STATE", "USER", "STARTED", "COMMAND")
     for info in infos:
         table.add_row(
             str(info.pid),
             info.tag or "-",
+            info.kind,
             _state(info),
             info.user,
             _render._when(info.started_at),
@@ -50,7 +62,8 @@ def ps(
     running: Annotated[bool, typer.Option("--running", help="Only running processes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """List a sandbox's background processes (ended ones stay 10 minutes)."""
+    """List a sandbox's processes: background ones and streamed commands while
+    they run (ended ones stay 10 minutes)."""
     with _options(ctx).sandbox(sandbox_id) as sandbox:
         infos = sandbox.commands.list(running=True if running else None)
     if as_json:

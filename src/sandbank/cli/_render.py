@@ -13,7 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from sandbank.client import ApiKeyInfo, SandboxInfo, SandboxMetrics, TemplateInfo
+from sandbank.client import ApiKeyInfo, SandboxInfo, SandboxMetrics
 
 #: Piped output is not cut at 80 columns: a truncated id is useless to a script.
 _console = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
@@ -116,6 +116,12 @@ def sandbox(info: SandboxInfo) -> None:
     ]
     if info.killed_at is not None:
         rows.append(("killed", f"{_when(info.killed_at)} UTC ({info.kill_reason or '-'})"))
+    if info.disk_bytes is not None:
+        rows.append(("disk used", _bytes(info.disk_bytes)))
+    if info.idle_timeout:
+        rows.append(("idle", f"{info.on_timeout} after {info.idle_timeout}s"))
+    if info.error:
+        rows.append(("error", info.error))
     _details(rows)
 
 
@@ -129,15 +135,6 @@ def metrics(data: SandboxMetrics) -> None:
             ("at", f"{_when(data.timestamp)} UTC"),
         ]
     )
-
-
-def templates(items: list[TemplateInfo]) -> None:
-    extra = sorted({key for item in items for key in item.details})
-    table = _table("NAME", "READY", *(key.upper() for key in extra))
-    for item in items:
-        cells = ["-" if item.details.get(key) is None else str(item.details[key]) for key in extra]
-        table.add_row(item.name, "yes" if item.ready else "no", *cells)
-    _console.print(table)
 
 
 def keys(items: list[ApiKeyInfo]) -> None:

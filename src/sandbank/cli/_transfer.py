@@ -1,6 +1,8 @@
-"""``sandbank cp``: one file between this machine and a sandbox, streamed.
+"""``sandbank cp``: a file, or with ``-r`` a directory (as a tar stream),
+between this machine and a sandbox, streamed.
 
 A sandbox side is written ``ID:/path`` (like scp); ``-`` is stdin or stdout.
+Like cp, copying onto an existing directory copies into it.
 """
 
 from __future__ import annotations
@@ -28,22 +30,22 @@ def split_location(text: str) -> tuple[str | None, str]:
     return match["id"], match["path"]
 
 
-def copy(options: ServerOptions, source: str, destination: str) -> None:
+def copy(options: ServerOptions, source: str, destination: str, recursive: bool = False) -> None:
     source_id, source_path = split_location(source)
     target_id, target_path = split_location(destination)
     if source_id and target_id:
         raise errors.BadRequest("cp copies between this machine and a sandbox, not two sandboxes")
     if target_id:
         with options.sandbox(target_id) as sandbox:
-            _upload(sandbox, source_path, target_path)
+            _upload(sandbox, source_path, target_path, recursive)
     elif source_id:
         with options.sandbox(source_id) as sandbox:
-            _download(sandbox, source_path, target_path)
+            _download(sandbox, source_path, target_path, recursive)
     else:
         raise errors.BadRequest("one side of cp must be in a sandbox, written ID:/path")
 
 
-def _upload(sandbox: Sandbox, local: str, remote: str) -> None:
+def _upload(sandbox: Sandbox, local: str, remote: str, recursive: bool) -> None:
     if local == STDIO:
         if remote.endswith("/"):
             raise errors.InvalidPath(f"name the file to write data from stdin to, not {remote!r}")
@@ -51,7 +53,12 @@ def _upload(sandbox: Sandbox, local: str, remote: str) -> None:
         return
     local_path = Path(local)
     if local_path.is_dir():
-        raise errors.IsADirectory(f"{local} is a directory; cp copies single files")
+        if not recursive:
+            raise errors.IsADirectory(f"{local} is a directory; copy it with cp -r")
+        if _is_remote_dir(sandbox, remote):
+            remote = str(PurePosixPath(remote) / local_path.resolve().name)
+        sandbox.files.upload_dir(local_path, remote)
+        return
     if remote.endswith("/") or _is_remote_dir(sandbox, remote):
         remote = str(PurePosixPath(remote) / local_path.name)
     sandbox.files.upload(local_path, remote)
@@ -64,7 +71,7 @@ def _is_remote_dir(sandbox: Sandbox, path: str) -> bool:
         return False
 
 
-def _download(sandbox: Sandbox, remote: str, local: str) -> None:
+def _download(sandbox: Sandbox, remote: str, local: str, recursive: bool) -> None:
     if local == STDIO:
         out = sys.stdout.buffer
         for chunk in sandbox.files.read_stream(remote):
@@ -72,6 +79,13 @@ def _download(sandbox: Sandbox, remote: str, local: str) -> None:
         out.flush()
         return
     local_path = Path(local)
+    if _is_remote_dir(sandbox, remote):
+        if not recursive:
+            raise errors.IsADirectory(f"{remote} is a directory; copy it with cp -r")
+        if local_path.is_dir():
+            local_path = local_path / PurePosixPath(remote.rstrip("/") or "/").name
+        sandbox.files.download_dir(remote, local_path)
+        return
     if local.endswith("/") or local_path.is_dir():
         local_path = local_path / PurePosixPath(remote).name
     sandbox.files.download(remote, local_path)

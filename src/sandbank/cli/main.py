@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from sandbank import errors
 from sandbank.client import Sandbox
 
-from . import _processes, _render, _shell
+from . import _checkpoints, _files, _lifecycle, _processes, _render, _shell, _templates
 from ._options import ServerOptions, parse_pairs
 from ._transfer import copy
 
@@ -102,6 +102,7 @@ def create(
     timeout: Annotated[int | None, typer.Option(help="Seconds until it is killed.")] = None,
     env: Pairs = None,
     metadata: Pairs = None,
+    snapshot: Annotated[str | None, typer.Option(help="Start on a copy of this snapshot.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a sandbox."""
@@ -115,6 +116,7 @@ def create(
         envs=parse_pairs("--env", env) or None,
         metadata=parse_pairs("--metadata", metadata) or None,
         timeout=timeout,
+        snapshot=snapshot,
         api_key=options.resolved_key(),
         base_url=options.url,
     )
@@ -198,6 +200,7 @@ def exec_command(
             typer.echo(handle.pid)
         return
     with _options(ctx).sandbox(sandbox_id) as sandbox:
+        # Without --json the output is streamed as it happens.
         result = sandbox.commands.run(
             cmd,
             envs=parse_pairs("--env", env) or None,
@@ -205,14 +208,11 @@ def exec_command(
             user=user,
             timeout=timeout,
             stdin=input_text,
+            on_stdout=None if as_json else _processes.echo_to(sys.stdout),
+            on_stderr=None if as_json else _processes.echo_to(sys.stderr),
         )
     if as_json:
         _render.print_json(result.to_dict())
-    else:
-        sys.stdout.write(result.stdout)
-        sys.stdout.flush()
-        sys.stderr.write(result.stderr)
-        sys.stderr.flush()
     if result.timed_out:
         typer.echo(f"error: {errors.Timeout.code}: command timed out after {timeout:g}s", err=True)
         raise typer.Exit(124)
@@ -228,6 +228,10 @@ def timeout_given(ctx: typer.Context) -> bool:
 
 _processes.register(app)
 _shell.register(app)
+_lifecycle.register(app)
+_files.register(app)
+_templates.register(app)
+_checkpoints.register(app)
 
 
 @app.command()
@@ -235,9 +239,12 @@ def cp(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(metavar="SRC")],
     destination: Annotated[str, typer.Argument(metavar="DST")],
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Copy directories (as a tar stream).")
+    ] = False,
 ) -> None:
     """Copy a file to or from a sandbox: ID:/path for the sandbox side, - for stdio."""
-    copy(_options(ctx), source, destination)
+    copy(_options(ctx), source, destination, recursive)
 
 
 @app.command()
@@ -297,6 +304,20 @@ def resume(
     _render.sandbox_or_json(details, as_json)
 
 
+@app.command("open")
+def open_port(
+    ctx: typer.Context,
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID")],
+    port: Annotated[int, typer.Argument(min=1, max=65535)],
+    by_host: Annotated[
+        bool, typer.Option("--host", help="the {port}-{id}.localhost form (its own origin)")
+    ] = False,
+) -> None:
+    """Print the preview URL (token included) of TCP PORT inside a sandbox."""
+    with _options(ctx).sandbox(sandbox_id) as sandbox:
+        typer.echo(sandbox.preview_url(port, by_host=by_host))
+
+
 @app.command()
 def metrics(
     ctx: typer.Context,
@@ -310,17 +331,6 @@ def metrics(
         _render.print_json(data.to_dict())
     else:
         _render.metrics(data)
-
-
-@app.command()
-def templates(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """List templates."""
-    with _options(ctx).admin() as admin:
-        items = admin.list_templates()
-    if as_json:
-        _render.print_json([item.to_dict() for item in items])
-    else:
-        _render.templates(items)
 
 
 @keys_app.command("create")

@@ -4,11 +4,11 @@ Both speak only HTTP to a sandbank server; ``_sync`` is generated from
 ``_async`` by ``scripts/gen_sync.py``.
 """
 
-from sandbank.client._async import AsyncAdminClient, AsyncSandbox
+from sandbank.client._async import AsyncAdminClient, AsyncSandbox, AsyncSnapshots, AsyncTemplates
 from sandbank.client._async.process import CommandHandle as AsyncCommandHandle
 from sandbank.client._async.pty import AsyncPtyHandle
-from sandbank.client._sync import AdminClient, Sandbox
-from sandbank.client._sync.process import CommandHandle, ProcessInfo
+from sandbank.client._sync import AdminClient, Sandbox, Snapshots, Templates
+from sandbank.client._sync.process import CommandHandle
 from sandbank.client._sync.pty import PtyHandle
 from sandbank.client.exceptions import CommandExitError, ServerUnreachable
 from sandbank.client.models import (
@@ -17,11 +17,15 @@ from sandbank.client.models import (
     CommandResult,
     EntryInfo,
     NetworkInfo,
+    ProcessInfo,
     SandboxInfo,
     SandboxMetrics,
+    SnapshotInfo,
+    TemplateBuild,
     TemplateInfo,
 )
 from sandbank.client.pty_types import PtyInfo, PtyResult, PtySize
+from sandbank.client.watch import AsyncWatchHandle, FilesystemEvent, WatchHandle
 
 __all__ = [
     "ALL_TRAFFIC",
@@ -31,10 +35,14 @@ __all__ = [
     "AsyncCommandHandle",
     "AsyncPtyHandle",
     "AsyncSandbox",
+    "AsyncSnapshots",
+    "AsyncTemplates",
+    "AsyncWatchHandle",
     "CommandExitError",
     "CommandHandle",
     "CommandResult",
     "EntryInfo",
+    "FilesystemEvent",
     "NetworkInfo",
     "ProcessInfo",
     "PtyHandle",
@@ -45,5 +53,10 @@ __all__ = [
     "SandboxInfo",
     "SandboxMetrics",
     "ServerUnreachable",
+    "SnapshotInfo",
+    "Snapshots",
+    "TemplateBuild",
     "TemplateInfo",
+    "Templates",
+    "WatchHandle",
 ]

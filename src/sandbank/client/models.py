@@ -80,6 +80,14 @@ class SandboxInfo(_Snapshot):
     killed_at: datetime | None = None
     kill_reason: str | None = None
     network: NetworkInfo = field(default_factory=NetworkInfo)
+    #: Seconds without activity before ``on_timeout`` (``kill`` or ``pause``).
+    idle_timeout: int | None = None
+    on_timeout: str = "kill"
+    auto_resume: bool = False
+    #: Host bytes of its disk image (in answers about this one sandbox).
+    disk_bytes: int | None = None
+    #: Why the last start or stop failed, if it did.
+    error: str | None = None
 
     @property
     def sandbox_id(self) -> str:
@@ -104,6 +112,39 @@ class SandboxInfo(_Snapshot):
             killed_at=_optional_datetime(data.get("killed_at")),
             kill_reason=data.get("kill_reason"),
             network=NetworkInfo.from_dict(data.get("network")),
+            idle_timeout=data.get("idle_timeout"),
+            on_timeout=data.get("on_timeout") or "kill",
+            auto_resume=bool(data.get("auto_resume", False)),
+            disk_bytes=data.get("disk_bytes"),
+            error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class SnapshotInfo(_Snapshot):
+    """A copy of a sandbox's disk; restore it or create sandboxes from it."""
+
+    id: str
+    name: str
+    sandbox_id: str
+    template: str
+    disk_gb: int
+    size_bytes: int
+    created_at: datetime
+    #: Holds the sandbox's processes and memory too.
+    memory: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SnapshotInfo:
+        return cls(
+            id=data["id"],
+            name=data.get("name", data["id"]),
+            sandbox_id=data.get("sandbox_id", ""),
+            template=data.get("template", ""),
+            disk_gb=int(data.get("disk_gb", 0)),
+            size_bytes=int(data.get("size_bytes", 0)),
+            created_at=_datetime(data["created_at"]),
+            memory=bool(data.get("memory", False)),
         )
 
 
@@ -228,3 +269,81 @@ class TemplateInfo(_Snapshot):
     def from_dict(cls, data: dict[str, Any]) -> TemplateInfo:
         details = {k: v for k, v in data.items() if k not in ("name", "ready")}
         return cls(name=data["name"], ready=bool(data.get("ready", False)), details=details)
+
+
+@dataclass(frozen=True)
+class ProcessInfo(_Snapshot):
+    """A process started in a sandbox (in the background or by a streamed
+    command), running or ended in the last 10 minutes."""
+
+    pid: int
+    tag: str | None
+    #: The argv it runs (a shell string runs as ``sh -c``).
+    cmd: list[str]
+    cwd: str
+    user: str
+    running: bool
+    started_at: datetime | None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    #: The signal that ended it (``exit_code`` is then 128+N).
+    signal: int | None = None
+    timed_out: bool = False
+    #: ``none``, ``bytes``, ``open`` or ``closed``.
+    stdin: str = "none"
+    #: Output bytes kept so far, both streams.
+    output_bytes: int = 0
+    #: The variables given with the command (the sandbox's own are not shown).
+    env: dict[str, str] = field(default_factory=dict)
+    #: Names of every variable it was started with.
+    env_keys: list[str] = field(default_factory=list)
+    #: Streams that hit the output cap.
+    truncated: list[str] = field(default_factory=list)
+    #: ``background`` or ``foreground`` (a streamed command, killed with its client).
+    kind: str = "background"
+
+    @property
+    def args(self) -> list[str]:
+        """The arguments after the program (``cmd[1:]``)."""
+        return self.cmd[1:]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProcessInfo:
+        return cls(
+            pid=int(data["pid"]),
+            tag=data.get("tag"),
+            cmd=list(data.get("cmd") or []),
+            cwd=str(data.get("cwd", "")),
+            user=str(data.get("user", "")),
+            running=bool(data.get("running")),
+            started_at=_optional_datetime(data.get("started_at")),
+            ended_at=_optional_datetime(data.get("ended_at")),
+            exit_code=data.get("exit_code"),
+            signal=data.get("signal"),
+            timed_out=bool(data.get("timed_out", False)),
+            stdin=str(data.get("stdin") or "none"),
+            output_bytes=int(data.get("output_bytes") or 0),
+            env=dict(data.get("env") or {}),
+            env_keys=list(data.get("env_keys") or []),
+            truncated=list(data.get("truncated") or []),
+            kind=str(data.get("kind") or "background"),
+        )
+
+
+
+@dataclass(frozen=True)
+class TemplateBuild(_Snapshot):
+    """The outcome of a template build: the template, and whether the cache
+    answered (an unchanged spec: nothing was built)."""
+
+    template: TemplateInfo
+    cached: bool
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TemplateBuild:
+        return cls(
+            template=TemplateInfo.from_dict(data["template"]),
+            cached=bool(data.get("cached", False)),
+            seconds=float(data.get("seconds", 0.0)),
+        )

@@ -27,10 +27,30 @@ Operations:
 ``mkdir``  {path, user} -> ok+created+entry
 ``remove`` {path, recursive} -> ok
 ``hostname`` {name} -> ok (/etc/hostname and the ``127.0.1.1`` line of /etc/hosts)
+``park`` -> ok {listen_fd, wake_fd, pipe} (before a checkpoint: the listening socket
+  is replaced by a pipe; a byte written to ``wake_fd`` makes the agent fetch a new
+  one from ``HANDOFF_NAME`` in its run dir; see agent/parking.py)
 
-Background processes (they outlive every connection, the server's included):
+File trees, batches, ownership, search and watches (docs/files.md):
 
-``start``  {cmd, env, cwd, user, tag, timeout, stdin, stdin_b64, max_output} -> ok+pid+tag+job
+``read``   {path, encoding} -> as above; with ``encoding`` the whole file must decode first
+           (``not_text`` otherwise, before the ok)
+``tar``    {path, user} -> ok+entry, D*, Z (a tar of the directory, names relative to it)
+``untar``  {path, user, overwrite} + D*, Z -> ok+entry (unpacked beside the target, renamed
+           into place after Z; escapes are ``invalid_path``)
+``write_files`` {user} + D*, Z (a tar of regular files named by their destination paths)
+           -> ok+entries (all or nothing)
+``chmod``  {path, mode, user} -> ok+entry
+``chown``  {path, owner, group, recursive, user} -> ok+entry
+``find``   {path, pattern, limit, user} -> ok+entries (more than limit: ``payload_too_large``)
+``watch``  {path, recursive, user} -> ok+path, then J{event: fs, type, name, is_dir} |
+           J{event: keepalive} | J{event: overflow} | J{event: end, reason} until hang-up
+
+Background processes (they outlive every connection, the server's included,
+unless started with ``foreground``):
+
+``start``  {cmd, env, cwd, user, tag, timeout, stdin, stdin_b64, max_output, show_env,
+           foreground} -> ok+pid+tag+job [then, foreground, as ``attach`` from 0]
 ``jobs``   {} -> ok+jobs
 ``attach`` {pid, offset, follow} -> ok+job, O/E/J{event: truncated}*, J{event: exit|more}
 ``wait``   {pid, timeout} -> ok+job
@@ -38,8 +58,8 @@ Background processes (they outlive every connection, the server's included):
 ``signal`` {pid, signal} -> ok+signal
 ``resize`` {pid, cols, rows} -> ok+cols+rows (terminals only)
 
-A job is ``{pid, tag, cmd, cwd, env_keys, user, started_at, ended_at, running,
-exit_code, signal, timed_out, stdin, output_bytes, truncated}``: ``signal`` is
+A job is ``{pid, tag, cmd, cwd, env_keys, env, kind, user, started_at, ended_at,
+running, exit_code, signal, timed_out, stdin, output_bytes, truncated}``: ``signal`` is
 the one that killed it (``exit_code`` is then 128+N), ``stdin`` is ``none``,
 ``bytes``, ``open`` or ``closed``, ``truncated`` lists the streams that hit
 their cap, ``output_bytes`` counts what was kept of both streams.
@@ -70,21 +90,42 @@ Details every implementation keeps:
 * ``list``: ``depth`` >= 1; depth first, sorted by name, never descending into
   symlinks; more than 50,000 entries is ``payload_too_large``.
 * ``mkdir`` creates parents; ``created`` is false if the directory was there.
+* ``untar`` and ``write_files`` answer like ``write``: a refusal may come before
+  the ``Z`` (the rest is discarded), and everything they created is removed
+  before any answer, so a client told of a failure finds nothing left behind.
+  ``untar`` refuses absolute names, ``..``, writes through links leading out,
+  symlinks and hard links pointing outside, device nodes and FIFOs, and drops
+  set-id bits. ``write_files`` takes a ``sandbank.mode`` pax field per file.
+* ``watch`` types are ``create`` (also the far side of a rename), ``write``,
+  ``remove``, ``rename`` (the near side) and ``chmod``; one kernel event may
+  give several. ``recursive`` also watches directories created later. A
+  keepalive goes out after 15 s of silence; the watch ends when the client
+  hangs up or the watched directory goes (``end``).
 * ``remove`` refuses ``/``; a non-empty directory needs ``recursive``
   (``conflict`` otherwise).
 * ``start`` takes what ``exec`` takes and answers at once. ``timeout`` 0 or
   null is none. ``stdin`` is ``none`` (/dev/null), ``bytes`` (``stdin_b64``,
   all of it up front) or ``open`` (fed by ``stdin`` operations until one
-  closes it). ``max_output`` (bytes per stream, at most the agent's own cap)
-  bounds what is kept: the head of each stream; the first byte past it is
+  closes it). ``max_output`` (bytes per stream; default 16 MiB, the
+  server sets its own) bounds what is kept: the head of each stream; the first byte past it is
   recorded as a ``truncated`` event. A command that cannot be executed is
-  ``bad_request`` with ``exit_code`` 127 or 126.
+  ``bad_request`` with ``exit_code`` 127 or 126. ``show_env`` names the
+  variables the job reports with their values in ``env`` (the others only by
+  name in ``env_keys``). With ``foreground: true`` the output follows the
+  answer on the same connection (as ``attach`` from 0, live output included),
+  ``kind`` is ``foreground``, and a hang-up before the exit kills the process
+  group; the process waits for that reader rather than lose output past the
+  cap. Otherwise ``kind`` is ``background``.
 * ``attach`` replays the output from ``offset`` (bytes of both streams
   together, in the order they were written), then with ``follow`` (the
   default) live output, and ends with ``J{"event": "exit", ...job}``. With
   ``follow: false`` a running process ends the stream with
   ``J{"event": "more", "offset": N}`` (where to resume). Any number of clients
-  may attach at once; hanging up never touches the process.
+  may attach at once; hanging up never touches the process. A following
+  reader also gets the output past the cap (not stored) from a window in
+  memory; one that falls behind it gets ``J{"event": "truncated", "stream":
+  "live"}`` where output was lost. Consecutive chunks of a stream may arrive
+  merged into one frame.
 * ``wait`` answers once the process has ended; ``timeout`` (seconds, 0 or null
   for none) runs out as ``timeout``.
 * An unknown ``pid`` is ``not_found`` (with ``pid``). ``stdin`` and ``signal``
@@ -136,10 +177,15 @@ HEADER = struct.Struct(">cI")
 #: Largest frame either side accepts; data is chunked well below this.
 MAX_FRAME = 16 * 1024 * 1024
 CHUNK = 256 * 1024
+#: File data goes in larger frames: fewer frames, system calls and copies per byte.
+FILE_CHUNK = 1024 * 1024
 
 #: Inside the sandbox: where the agent listens and where its code is mounted.
 SOCKET_DIR = "/run/sandbank"
 SOCKET_NAME = "agent.sock"
+#: Where the runtime offers a parked agent its new listening socket; no longer
+#: than SOCKET_NAME, whose full host path was checked to fit a socket address.
+HANDOFF_NAME = "handoff"
 AGENT_LIB = "/opt/sandbank/lib"
 
 

@@ -14,8 +14,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
-    StrictStr,
     field_validator,
     model_validator,
 )
@@ -43,8 +43,9 @@ def _check_env(env: dict[str, str] | None) -> dict[str, str] | None:
 
 
 class NetworkBody(Strict):
-    """Egress lists: IPv4 addresses or CIDRs (``0.0.0.0/0`` is all traffic);
-    ``allow_out`` wins over ``deny_out``. See ``sandbank.protocol.network``."""
+    """Egress lists: IPv4 addresses, CIDRs (``0.0.0.0/0`` is all traffic),
+    domain names or ``*.`` wildcards; ``allow_out`` wins over ``deny_out``.
+    See ``sandbank.protocol.network``."""
 
     allow_out: list[str] | None = None
     deny_out: list[str] | None = None
@@ -71,6 +72,14 @@ class CreateSandboxRequest(Strict):
     #: False: no egress at all (no DNS either).
     allow_internet_access: bool = True
     network: NetworkBody | None = None
+    #: Id or name of a snapshot: the new sandbox starts on a copy of its disk
+    #: (and gets its template and disk size).
+    snapshot: str | None = None
+    #: Seconds without any operation on the sandbox before ``on_timeout``.
+    idle_timeout: StrictInt | None = None
+    on_timeout: Literal["kill", "pause", "hibernate"] | None = None
+    #: Operations on a paused sandbox resume it instead of answering 409.
+    auto_resume: bool = False
 
     @field_validator("env")
     @classmethod
@@ -146,6 +155,51 @@ class SandboxOut(BaseModel):
     killed_at: datetime | None = None
     kill_reason: str | None = None
     network: NetworkOut = Field(default_factory=NetworkOut)
+    idle_timeout: int | None = None
+    on_timeout: str = "kill"
+    auto_resume: bool = False
+    #: Bytes the sandbox's disk image occupies on the host (single-sandbox answers).
+    disk_bytes: int | None = None
+    #: Why the last start or stop failed, if it did.
+    error: str | None = None
+
+
+class UpdateSandboxRequest(Strict):
+    """``PATCH /v1/sandboxes/{id}``: live resize (running or stopped) and the idle
+    policy; fields left out are unchanged. ``idle_timeout: 0`` clears it."""
+
+    vcpu: float | None = None
+    memory_mb: StrictInt | None = None
+    idle_timeout: StrictInt | None = None
+    on_timeout: Literal["kill", "pause", "hibernate"] | None = None
+    auto_resume: bool | None = None
+
+
+class SnapshotRequest(Strict):
+    name: str | None = Field(default=None, max_length=128)
+    #: Also the running sandbox's processes and memory (a checkpoint).
+    memory: StrictBool = False
+
+
+class RestoreRequest(Strict):
+    #: Id or name of the snapshot.
+    snapshot: str
+
+
+class SnapshotOut(BaseModel):
+    id: str
+    name: str
+    sandbox_id: str
+    template: str
+    disk_gb: int
+    size_bytes: int
+    created_at: datetime
+    #: Holds processes and memory too; ``size_bytes`` counts disk and memory.
+    memory: bool = False
+
+
+class SnapshotList(BaseModel):
+    data: list[SnapshotOut]
 
 
 class PreviewOut(BaseModel):
@@ -164,6 +218,16 @@ class SandboxList(BaseModel):
 
 class TimeoutRequest(Strict):
     timeout: int
+
+
+class ForkRequest(Strict):
+    """``POST /v1/sandboxes/{id}/fork``: how many copies of the running sandbox."""
+
+    count: int = 1
+
+
+class ForkOut(BaseModel):
+    data: list[SandboxOut]
 
 
 class ExecRequest(Strict):
@@ -274,73 +338,3 @@ class QuotaBody(Strict):
 class ErrorOut(BaseModel):
     code: str
     message: str
-
-
-class StartProcessRequest(Strict):
-    """``POST /v1/sandboxes/{id}/processes``: a background process."""
-
-    cmd: list[Annotated[str, Field(max_length=131072)]] | None = None
-    command: str | None = None
-    env: dict[str, str] | None = None
-    cwd: str | None = None
-    user: Literal["user", "root"] = "user"
-    tag: str | None = Field(default=None, max_length=256)
-    #: Seconds; 0 means no limit. On expiry the process group is killed.
-    timeout: float = 0
-    #: ``none``: no input (EOF at once); ``open``: fed later through ``/stdin``.
-    stdin: Literal["none", "open"] = "none"
-    #: Input given up front (then closed); excludes ``stdin: open``.
-    stdin_data: str | None = None
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return _check_env(value)
-
-    @model_validator(mode="after")
-    def _check(self) -> StartProcessRequest:
-        if (self.cmd is None) == (self.command is None):
-            raise ValueError("give exactly one of cmd (an argv list) or command (a shell string)")
-        if self.cmd is not None and not self.cmd:
-            raise ValueError("cmd must not be empty")
-        if self.timeout < 0:
-            raise ValueError("timeout must be >= 0 (0 means no limit)")
-        if self.stdin == "open" and self.stdin_data is not None:
-            raise ValueError("give stdin_data (input up front) or stdin 'open', not both")
-        return self
-
-
-class ProcessOut(BaseModel):
-    pid: int
-    tag: str | None
-    cmd: list[str]
-    cwd: str
-    env_keys: list[str]
-    user: str
-    running: bool
-    started_at: datetime
-    ended_at: datetime | None = None
-    exit_code: int | None = None
-    #: The signal that ended it (``exit_code`` is then 128+N).
-    signal: int | None = None
-    timed_out: bool = False
-    #: ``none``, ``bytes``, ``open`` or ``closed``.
-    stdin: str = "none"
-    #: Bytes of output kept so far (both streams): where ``output`` ends today.
-    output_bytes: int = 0
-    #: Streams that hit the output cap (later output was dropped).
-    truncated: list[str] = Field(default_factory=list)
-
-
-class ProcessList(BaseModel):
-    processes: list[ProcessOut]
-
-
-class SignalRequest(Strict):
-    #: A number (``15``) or a name (``"TERM"``, ``"SIGTERM"``).
-    signal: StrictInt | StrictStr
-
-
-class SignalOut(BaseModel):
-    pid: int
-    signal: int

@@ -9,8 +9,12 @@ Semantics (E2B's, with one difference spelled out):
   ``deny_out: ["0.0.0.0/0"]`` plus ``allow_out``.
 * otherwise everything is allowed except ``deny_out``, and ``allow_out`` wins
   over ``deny_out`` where both match.
-* entries are IPv4 addresses or CIDRs (sandboxes have no IPv6); domain names
-  are refused until a DNS-driven set exists.
+* entries are IPv4 addresses, CIDRs (sandboxes have no IPv6), domain names
+  (``example.com``: that name only) or wildcards (``*.example.com``: every
+  name below it, not ``example.com`` itself), in both lists. A domain entry
+  covers the addresses the sandbox resolves that name to, and (for HTTP and
+  TLS on ports 80 and 443) connections that name it in their Host header or
+  TLS SNI; see docs/networking.md for how and for the limits.
 
 Pure and stdlib only: the API validates with it, the runtime turns a policy
 into firewall rules, both see the same normalized entries.
@@ -30,12 +34,18 @@ MAX_ENTRIES = 1000
 
 ALL_TRAFFIC = "0.0.0.0/0"
 
-_DOMAIN = re.compile(r"^(\*\.)?([A-Za-z0-9_-]{1,63}\.)*[A-Za-z][A-Za-z0-9-]{0,62}\.?$")
+_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
+#: A name of two labels or more, or ``*.`` and one or more; the last label not numeric.
+_DOMAIN = re.compile(
+    rf"^(?:\*\.(?:{_LABEL}\.)*|(?:{_LABEL}\.)+)(?!-)[a-z][a-z0-9-]{{0,62}}(?<!-)$"
+)
+_MAX_NAME = 253
 
 
 @dataclass(frozen=True)
 class NetworkPolicy:
-    """Checked and normalized: every entry is an IPv4 network in CIDR form."""
+    """Checked and normalized: every entry is an IPv4 network in CIDR form or a
+    lower-case domain pattern without a trailing dot."""
 
     allow_internet_access: bool = True
     allow_out: tuple[str, ...] = ()
@@ -47,6 +57,37 @@ class NetworkPolicy:
             "allow_out": list(self.allow_out),
             "deny_out": list(self.deny_out),
         }
+
+    @property
+    def allow_cidrs(self) -> tuple[str, ...]:
+        return tuple(e for e in self.allow_out if not is_domain(e))
+
+    @property
+    def deny_cidrs(self) -> tuple[str, ...]:
+        return tuple(e for e in self.deny_out if not is_domain(e))
+
+    @property
+    def allow_domains(self) -> tuple[str, ...]:
+        return tuple(e for e in self.allow_out if is_domain(e))
+
+    @property
+    def deny_domains(self) -> tuple[str, ...]:
+        return tuple(e for e in self.deny_out if is_domain(e))
+
+    @property
+    def has_domains(self) -> bool:
+        """Domain rules need the sandbank resolver and proxy (and egress at all)."""
+        return self.allow_internet_access and bool(self.allow_domains or self.deny_domains)
+
+    def name_verdict(self, name: str) -> bool | None:
+        """True when ``name`` matches ``allow_out``, else False when it matches
+        ``deny_out`` (allow wins), None when no domain entry matches it."""
+        name = name.rstrip(".").lower()
+        if any(domain_matches(p, name) for p in self.allow_domains):
+            return True
+        if any(domain_matches(p, name) for p in self.deny_domains):
+            return False
+        return None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> NetworkPolicy:
@@ -60,9 +101,32 @@ class NetworkPolicy:
         )
 
 
+def is_domain(entry: str) -> bool:
+    """Of a normalized entry: a domain pattern (CIDRs always hold a slash)."""
+    return "/" not in entry
+
+
+def domain_matches(pattern: str, name: str) -> bool:
+    """``name`` (lower case, no trailing dot) under the normalized ``pattern``."""
+    if pattern.startswith("*."):
+        return name.endswith(pattern[1:])
+    return name == pattern
+
+
+def parse_domain(field: str, entry: str, text: str) -> str:
+    """A domain pattern in normal form; ValueError naming the entry."""
+    name = text.lower().rstrip(".") if text != "." else text
+    if len(name) > _MAX_NAME or not _DOMAIN.match(name):
+        raise ValueError(
+            f"{field}: entry {entry!r} is neither an IPv4 address or CIDR nor a domain "
+            "name (example.com) or wildcard (*.example.com)"
+        )
+    return name
+
+
 def parse_entry(field: str, entry: str) -> ipaddress.IPv4Network:
-    """One ``allow_out``/``deny_out`` entry; ValueError naming it when it is not
-    an IPv4 address or CIDR."""
+    """One ``allow_out``/``deny_out`` address entry; ValueError naming it when
+    it is not an IPv4 address or CIDR."""
     text = entry.strip() if isinstance(entry, str) else entry
     if not isinstance(text, str) or not text:
         raise ValueError(f"{field}: entry {entry!r} is empty or not a string")
@@ -74,11 +138,6 @@ def parse_entry(field: str, entry: str) -> ipaddress.IPv4Network:
             raise ValueError(
                 f"{field}: entry {entry!r} has host bits set (did you mean {loose}?)"
             ) from None
-        if _DOMAIN.match(text) and not text.replace(".", "").isdigit():
-            raise ValueError(
-                f"{field}: entry {entry!r} is a domain name; domain names are not "
-                "supported yet, give IPv4 addresses or CIDRs"
-            ) from None
         raise ValueError(f"{field}: entry {entry!r} is not an IPv4 address or CIDR") from None
     if not isinstance(net, ipaddress.IPv4Network):
         raise ValueError(
@@ -88,11 +147,21 @@ def parse_entry(field: str, entry: str) -> ipaddress.IPv4Network:
 
 
 def normalize(field: str, entries: Iterable[str]) -> tuple[str, ...]:
-    """Entries checked one by one, in CIDR form, duplicates dropped, order kept."""
+    """Entries checked one by one, addresses in CIDR form, domains in lower
+    case, duplicates dropped, order kept."""
     seen: dict[str, None] = {}
     for entry in entries:
-        seen[str(parse_entry(field, entry))] = None
+        text = entry.strip() if isinstance(entry, str) else entry
+        if isinstance(text, str) and _looks_like_name(text):
+            seen[parse_domain(field, entry, text)] = None
+        else:
+            seen[str(parse_entry(field, entry))] = None
     return tuple(seen)
+
+
+def _looks_like_name(text: str) -> bool:
+    """Not an address attempt: a letter or ``*`` in it and no ``/`` or ``:``."""
+    return "/" not in text and ":" not in text and any(c.isalpha() or c == "*" for c in text)
 
 
 def make_policy(
@@ -119,5 +188,5 @@ def make_policy(
 
 def collapse(entries: Iterable[str]) -> list[ipaddress.IPv4Network]:
     """The fewest networks covering ``entries``: a kernel interval set refuses overlaps."""
-    nets = [ipaddress.IPv4Network(e) for e in entries]
+    nets = [ipaddress.IPv4Network(e) for e in entries if not is_domain(e)]
     return list(ipaddress.collapse_addresses(nets))

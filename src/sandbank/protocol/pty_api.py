@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sandbank.protocol.api import ProcessOut, Strict, _check_env
+from sandbank.protocol.api import Strict, _check_env
+from sandbank.protocol.api_processes import ProcessOut
 
 #: The kernel's window size fields are 16 bits.
 MAX_SIZE = 65535

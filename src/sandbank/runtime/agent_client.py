@@ -24,9 +24,6 @@ from typing import Any
 
 from sandbank.errors import SandbankError, SandboxUnavailable, Timeout, from_code
 from sandbank.protocol.agent import (
-    CHUNK,
-    DATA,
-    END,
     HEADER,
     JSON,
     MAX_FRAME,
@@ -34,9 +31,9 @@ from sandbank.protocol.agent import (
     STDOUT,
     FrameError,
     decode_json,
-    encode,
     encode_json,
 )
+from sandbank.runtime.agent_files import AgentFileTree
 from sandbank.runtime.base import (
     ExecResult,
     ExecSpec,
@@ -44,8 +41,9 @@ from sandbank.runtime.base import (
     JobInfo,
     JobSpec,
     OutputEvent,
-    OutputKind,
 )
+from sandbank.runtime.job_events import job_info as _job
+from sandbank.runtime.job_events import output_events, start_request
 
 #: sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
@@ -56,6 +54,8 @@ EXEC_MARGIN = 15.0
 READY_POLL = 0.0015
 #: Bytes asked for per read; above CHUNK so a whole data frame fits in one.
 STREAM_LIMIT = 1024 * 1024
+#: Payloads from this size on skip the read-ahead buffer.
+BIG_FRAME = 64 * 1024
 
 
 class _Link:
@@ -77,10 +77,27 @@ class _Link:
         if length > MAX_FRAME:
             raise FrameError(f"frame of {length} bytes is too large")
         end = HEADER.size + length
+        if len(self._buf) < end and length >= BIG_FRAME:
+            return kind, await self._big(length)
         await self._fill(end)
         payload = bytes(self._buf[HEADER.size : end])
         del self._buf[:end]
         return kind, payload
+
+    async def _big(self, length: int) -> bytes:
+        """A large payload read straight into a buffer of its size (file data):
+        a copy or two fewer per byte than going through the read-ahead buffer."""
+        payload = bytearray(length)
+        have = len(self._buf) - HEADER.size
+        payload[:have] = memoryview(self._buf)[HEADER.size :]
+        self._buf.clear()
+        view = memoryview(payload)
+        while have < length:
+            count = await self._loop.sock_recv_into(self.sock, view[have:])
+            if not count:
+                raise FrameError("agent closed the connection mid-frame")
+            have += count
+        return bytes(payload)
 
     async def json(self) -> dict[str, Any]:
         kind, payload = await self.frame()
@@ -101,7 +118,7 @@ class _Link:
             self._buf += data
 
 
-class AgentClient:
+class AgentClient(AgentFileTree):
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
 
@@ -167,6 +184,10 @@ class AgentClient:
 
     async def ping(self) -> dict[str, Any]:
         return await self._call({"op": "ping"})
+
+    async def park(self) -> dict[str, Any]:
+        """Before a checkpoint: the agent lets go of its listening socket (agent/parking.py)."""
+        return await self._call({"op": "park"})
 
     async def set_hostname(self, name: str) -> None:
         """Put the sandbox's name in its /etc/hostname and /etc/hosts (not the kernel's)."""
@@ -245,17 +266,8 @@ class AgentClient:
             truncated=truncated,
         )
 
-    async def read_file(self, path: str) -> AsyncIterator[bytes]:
-        async with self._open({"op": "read", "path": path}) as link:
-            # The header decides before the first chunk: a missing file raises here.
-            self._checked(await link.json())
-            while True:
-                kind, payload = await link.frame()
-                if kind == END:
-                    return
-                if kind != DATA:
-                    raise FrameError(f"unexpected {kind!r} frame in a file stream")
-                yield payload
+    def read_file(self, path: str) -> AsyncIterator[bytes]:
+        return self._download({"op": "read", "path": path})
 
     async def write_file(
         self,
@@ -266,28 +278,7 @@ class AgentClient:
         mode: int | None = None,
     ) -> FileEntry:
         request = {"op": "write", "path": path, "user": user, "mode": mode}
-        async with self._open(request) as link:
-            # The agent may refuse before the stream ends (a directory, a full
-            # disk): its answer is read concurrently, and sending stops once it comes.
-            answer = asyncio.ensure_future(link.json())
-            try:
-                async for chunk in chunks:
-                    if answer.done():
-                        break
-                    for start in range(0, len(chunk), CHUNK):
-                        await link.send(encode(DATA, chunk[start : start + CHUNK]))
-                else:
-                    if not answer.done():
-                        await link.send(encode(END))
-            except BaseException:
-                # The data source failed (the uploader went away): closing
-                # without Z makes the agent discard everything it received.
-                answer.cancel()
-                with contextlib.suppress(BaseException):
-                    await answer
-                raise
-            header = self._checked(await answer)
-        return _entry(header["entry"])
+        return _entry((await self._upload(request, chunks))["entry"])
 
     async def list_dir(self, path: str, depth: int = 1) -> list[FileEntry]:
         header = await self._call({"op": "list", "path": path, "depth": depth})
@@ -310,23 +301,14 @@ class AgentClient:
     # -- background processes ------------------------------------------------------
 
     async def start(self, spec: JobSpec) -> JobInfo:
-        request: dict[str, Any] = {
-            "op": "start",
-            "cmd": list(spec.cmd),
-            "env": dict(spec.env),
-            "cwd": spec.cwd,
-            "user": spec.user,
-            "tag": spec.tag,
-            "timeout": spec.timeout or None,
-            "stdin": spec.stdin,
-            "stdin_b64": None
-            if spec.stdin_data is None
-            else base64.b64encode(spec.stdin_data).decode(),
-            "max_output": spec.max_output,
-        }
-        if spec.pty is not None:
-            request["pty"] = {"cols": spec.pty[0], "rows": spec.pty[1]}
-        return _job((await self._call(request))["job"])
+        return _job((await self._call(start_request(spec)))["job"])
+
+    async def run(self, spec: JobSpec) -> AsyncIterator[OutputEvent]:
+        # The agent kills the process if this connection closes before the exit.
+        async with self._open(start_request(spec, foreground=True)) as link:
+            yield OutputEvent(kind="start", info=_job(self._checked(await link.json())["job"]))
+            async for event in output_events(link, 0):
+                yield event
 
     async def jobs(self) -> list[JobInfo]:
         return [_job(raw) for raw in (await self._call({"op": "jobs"}))["jobs"]]
@@ -337,31 +319,8 @@ class AgentClient:
         request = {"op": "attach", "pid": pid, "offset": offset, "follow": follow}
         async with self._open(request) as link:
             self._checked(await link.json())
-            at = offset
-            while True:
-                kind, payload = await link.frame()
-                if kind in (STDOUT, STDERR):
-                    stream: OutputKind = "stdout" if kind == STDOUT else "stderr"
-                    yield OutputEvent(kind=stream, data=payload, offset=at)
-                    at += len(payload)
-                    continue
-                if kind != JSON:
-                    raise FrameError(f"unexpected {kind!r} frame during attach")
-                try:
-                    event = decode_json(payload)
-                except ValueError as exc:
-                    raise FrameError(f"malformed event frame: {exc}") from exc
-                what = event.pop("event", None)
-                if what == "truncated":
-                    at = int(event.get("offset", at))  # a terminal's ring moved on
-                    yield OutputEvent(kind="truncated", offset=at, stream=event.get("stream"))
-                elif what == "exit":
-                    yield OutputEvent(kind="exit", offset=at, info=_job(event))
-                    return
-                elif what == "more":
-                    return
-                else:
-                    raise FrameError(f"unexpected event {what!r} during attach")
+            async for event in output_events(link, offset):
+                yield event
 
     async def wait(self, pid: int, timeout: float | None = None) -> JobInfo:
         limit = None if not timeout else timeout + EXEC_MARGIN
@@ -386,30 +345,6 @@ class AgentClient:
 
     async def resize(self, pid: int, cols: int, rows: int) -> None:
         await self._call({"op": "resize", "pid": pid, "cols": cols, "rows": rows})
-
-
-def _job(raw: dict[str, Any]) -> JobInfo:
-    try:
-        return JobInfo(
-            pid=int(raw["pid"]),
-            tag=raw.get("tag"),
-            cmd=list(raw["cmd"]),
-            cwd=str(raw["cwd"]),
-            env_keys=list(raw.get("env_keys") or []),
-            user=str(raw["user"]),
-            started_at=float(raw["started_at"]),
-            running=bool(raw["running"]),
-            ended_at=None if raw.get("ended_at") is None else float(raw["ended_at"]),
-            exit_code=raw.get("exit_code"),
-            signal=raw.get("signal"),
-            timed_out=bool(raw.get("timed_out")),
-            stdin=str(raw.get("stdin") or "none"),
-            output_bytes=int(raw.get("output_bytes") or 0),
-            truncated=list(raw.get("truncated") or []),
-            pty=(int(raw["pty"]["cols"]), int(raw["pty"]["rows"])) if raw.get("pty") else None,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SandbankError(f"the agent sent a malformed process record: {raw!r}") from exc
 
 
 def _entry(raw: dict[str, Any]) -> FileEntry:

@@ -3,161 +3,47 @@
 The service layer talks only to these types. A driver creates and destroys
 sandboxes and reports their resource use; everything that happens *inside* a
 sandbox (exec, files) goes through a ``SandboxChannel`` the driver hands out
-(for the Linux driver: the agent's unix socket).
+(for the Linux driver: the agent's unix socket). The values these take and
+return are data classes in ``types.py``, re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 from sandbank.protocol.network import NetworkPolicy
+from sandbank.runtime.types import (
+    ExecResult,
+    ExecSpec,
+    FileEntry,
+    FileType,
+    JobInfo,
+    JobSpec,
+    OutputEvent,
+    OutputKind,
+    SandboxSpec,
+    SandboxUsage,
+    StdinMode,
+    TemplateInfo,
+)
 
-FileType = Literal["file", "dir", "symlink", "other"]
-
-
-@dataclass(frozen=True)
-class SandboxSpec:
-    """Everything a driver needs to start one sandbox."""
-
-    id: str
-    template: str
-    vcpu: float
-    memory_mb: int
-    disk_gb: int
-    hostname: str
-    pids_limit: int = 1024
-    env: dict[str, str] = field(default_factory=dict)
-    #: Egress policy (a sandbox always has its own network namespace and
-    #: address); None: the default at create, unchanged at customize.
-    network: NetworkPolicy | None = None
-
-
-@dataclass(frozen=True)
-class ExecSpec:
-    cmd: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    user: str = "user"
-    #: Seconds; ``None`` means no limit.
-    timeout: float | None = 60.0
-    stdin: bytes | None = None
-    #: Bytes kept of each of stdout and stderr; the rest is dropped (``truncated``).
-    max_output: int = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-    duration_ms: float
-    timed_out: bool
-    pid: int | None = None
-    truncated: bool = False
-
-
-StdinMode = Literal["none", "bytes", "open"]
-OutputKind = Literal["stdout", "stderr", "truncated", "exit"]
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """A background process: started, then attached to, waited for, fed and
-    signalled by pid, from any client, for as long as the sandbox runs."""
-
-    cmd: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    user: str = "user"
-    tag: str | None = None
-    #: Seconds; ``None`` (or 0) means no limit. On expiry the group is killed.
-    timeout: float | None = None
-    #: ``none``: /dev/null; ``bytes``: ``stdin_data`` up front; ``open``: fed
-    #: later with ``send_stdin`` until closed.
-    stdin: StdinMode = "none"
-    stdin_data: bytes | None = None
-    #: Bytes kept of each stream (the head); ``None``: the agent's cap (16 MiB).
-    max_output: int | None = None
-    #: ``(cols, rows)``: run on a pseudo-terminal of that size (one output
-    #: stream, the last 512 KiB kept; input with ``send_stdin``, never closed);
-    #: an empty ``cmd`` is then the user's login shell.
-    pty: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    pid: int
-    tag: str | None
-    cmd: list[str]
-    cwd: str
-    env_keys: list[str]
-    user: str
-    started_at: float
-    running: bool
-    ended_at: float | None = None
-    exit_code: int | None = None
-    #: The signal that killed it (``exit_code`` is then 128+N).
-    signal: int | None = None
-    timed_out: bool = False
-    #: ``none``, ``bytes``, ``open`` or ``closed``.
-    stdin: str = "none"
-    #: Bytes kept so far, both streams: where an ``attach`` ends today.
-    output_bytes: int = 0
-    #: The streams that hit their cap (what came later was dropped).
-    truncated: list[str] = field(default_factory=list)
-    #: ``(cols, rows)`` of its terminal, if it runs on one.
-    pty: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class OutputEvent:
-    """One event of ``attach``: a chunk of ``stdout``/``stderr`` at ``offset``
-    (bytes of both streams together; resume at ``offset + len(data)``), a
-    ``truncated`` marker naming ``stream``, or the final ``exit`` with ``info``."""
-
-    kind: OutputKind
-    data: bytes = b""
-    offset: int = 0
-    stream: str | None = None
-    info: JobInfo | None = None
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    name: str
-    path: str
-    type: FileType
-    size: int
-    mode: int
-    permissions: str
-    owner: str
-    group: str
-    modified_at: float
-    symlink_target: str | None = None
-
-
-@dataclass(frozen=True)
-class SandboxUsage:
-    """Resource use read from the kernel's accounting."""
-
-    cpu_percent: float
-    cpu_usage_seconds: float
-    memory_bytes: int
-    memory_limit_bytes: int
-    disk_bytes: int
-    disk_limit_bytes: int
-    pids: int
-    pids_limit: int
-
-
-@dataclass(frozen=True)
-class TemplateInfo:
-    name: str
-    ready: bool
-    recipe_hash: str | None = None
-    size_bytes: int | None = None
+__all__ = [
+    "ExecResult",
+    "ExecSpec",
+    "FileEntry",
+    "FileType",
+    "JobInfo",
+    "JobSpec",
+    "OutputEvent",
+    "OutputKind",
+    "Runtime",
+    "SandboxChannel",
+    "SandboxSpec",
+    "SandboxUsage",
+    "StdinMode",
+    "TemplateInfo",
+]
 
 
 class SandboxChannel(Protocol):
@@ -194,8 +80,14 @@ class SandboxChannel(Protocol):
 
     async def start(self, spec: JobSpec) -> JobInfo: ...
 
+    def run(self, spec: JobSpec) -> AsyncIterator[OutputEvent]:
+        """A foreground process: ``start`` whose output follows at once, led by a
+        ``start`` event with its info. Closing the iterator before the ``exit``
+        event (or losing the server) kills its process group."""
+        ...
+
     async def jobs(self) -> list[JobInfo]:
-        """Processes started with ``start``, running or ended (kept 10 minutes)."""
+        """Processes started with ``start`` or ``run``, running or ended (kept 10 minutes)."""
         ...
 
     def attach(self, pid: int, offset: int = 0, follow: bool = True) -> AsyncIterator[OutputEvent]:
@@ -241,6 +133,43 @@ class Runtime(Protocol):
 
     async def templates(self) -> list[TemplateInfo]: ...
 
+    async def template(self, name: str) -> TemplateInfo:
+        """One template by name or alias; TemplateNotFound lists those that exist."""
+        ...
+
+    async def capture_template(self, sandbox_id: str, info: TemplateInfo) -> TemplateInfo:
+        """Make what the (paused) sandbox changed over its template a new read-only
+        template ``info.name`` stacked on ``info.base``, with ``info``'s settings;
+        replaces an older template of that name (sandboxes on it keep their tree)."""
+        ...
+
+    async def template_from_snapshot(self, snapshot_id: str, info: TemplateInfo) -> TemplateInfo:
+        """Make the writable layer kept in snapshot ``snapshot_id`` a new read-only
+        template ``info.name`` stacked on ``info.base`` (the snapshot's template),
+        with ``info``'s settings; the same ``info.recipe_hash`` keeps the tree there.
+        SnapshotNotFound if the snapshot has no files here."""
+        ...
+
+    async def import_template(
+        self, name: str, archive: str, on_progress: Callable[[str], None] | None = None
+    ) -> TemplateInfo:
+        """A template from an OCI image archive on the host (``docker save`` or OCI
+        layout tar); raises ValidationFailed for an unusable image."""
+        ...
+
+    async def delete_template(self, name: str) -> None:
+        """Remove a template and its aliases; InvalidState while a sandbox or
+        another template uses it."""
+        ...
+
+    async def alias_template(self, name: str, alias: str) -> TemplateInfo:
+        """Let ``alias`` name template ``name`` (moving it if it named another)."""
+        ...
+
+    async def unalias_template(self, name: str, alias: str) -> None:
+        """Remove ``alias`` of template ``name``; TemplateNotFound if it has no such alias."""
+        ...
+
     async def create(self, spec: SandboxSpec) -> None:
         """Start a sandbox and return once its channel answers."""
         ...
@@ -270,6 +199,91 @@ class Runtime(Protocol):
 
     async def resume(self, sandbox_id: str) -> None:
         """Thaw a paused sandbox; idempotent."""
+        ...
+
+    # Stop and start: the container goes, its disk image stays (runtime/linux/stopstart.py).
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        """End every process and free everything but the disk image; idempotent.
+        A paused sandbox is stopped as it is."""
+        ...
+
+    async def start_sandbox(self, spec: SandboxSpec) -> None:
+        """Make the container of a stopped sandbox again on its kept disk image
+        (from ``spec``: limits, hostname, egress policy; a new address) and return
+        once its channel answers. On failure the sandbox is left stopped."""
+        ...
+
+    async def disk_bytes(self, sandbox_id: str) -> int:
+        """Host bytes the sandbox's disk image occupies (0 when it has none)."""
+        ...
+
+    # Snapshots: copies of a sandbox's disk image kept by the runtime.
+
+    async def snapshot(self, sandbox_id: str, snapshot_id: str) -> int:
+        """Copy the disk of a running, paused or stopped sandbox consistently
+        (briefly frozen while it is copied); returns the copy's host bytes.
+        DiskFull, with nothing left behind, when the host has no room."""
+        ...
+
+    async def restore(self, sandbox_id: str, snapshot_id: str) -> None:
+        """Make a copy of the snapshot the disk of ``sandbox_id``, which is stopped
+        or does not exist yet (then ``start_sandbox`` creates it from there)."""
+        ...
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a snapshot's files; idempotent."""
+        ...
+
+    async def snapshot_ids(self) -> set[str]:
+        """Ids of every snapshot with files on the host."""
+    # Checkpoints (hibernate, wake, fork; see docs/checkpoints.md).
+
+    def checkpoint_problem(self) -> str | None:
+        """Why checkpoints cannot work on this host, or None when they can."""
+        ...
+
+    async def checkpoint(self, sandbox_id: str, *, leave_running: bool = False) -> str:
+        """Save the running sandbox's processes and memory; returns the image.
+        Without ``leave_running`` (hibernation) the sandbox stops running and
+        holds no memory; its disk stays. With it, the image also carries a copy
+        of the disk and can make new sandboxes. Raises CheckpointFailed (the
+        sandbox is then left running as it was), CheckpointUnsupported."""
+        ...
+
+    async def restore_checkpoint(
+        self, sandbox_id: str, image: str, *, network: NetworkPolicy | None = None
+    ) -> None:
+        """Wake the image's own sandbox in place, or start ``sandbox_id`` as a new
+        copy of it (own disk copy and address) from a ``leave_running`` image."""
+        ...
+
+    async def discard_checkpoint(self, image: str) -> None:
+        """Remove a ``leave_running`` image once its copies are made; idempotent."""
+        ...
+
+    async def snapshot_memory(self, sandbox_id: str, snapshot_id: str) -> int:
+        """Snapshot ``snapshot_id`` of a running sandbox with its processes and
+        memory (a ``leave_running`` checkpoint and a disk copy of one freeze),
+        kept until ``delete_snapshot``; returns its host bytes. The sandbox runs
+        on. InvalidState when it is paused; CheckpointFailed, CheckpointUnsupported."""
+        ...
+
+    async def restore_memory(self, snapshot_id: str, spec: SandboxSpec) -> None:
+        """Start ``spec.id`` (which must not exist on the host) from a memory
+        snapshot: its processes, memory and a copy of its disk, with ``spec``'s
+        limits and egress policy and an address of its own."""
+        ...
+
+    def hibernated_image(self, sandbox_id: str) -> str | None:
+        """The image of a hibernated sandbox (after a restart too), if any."""
+        ...
+
+    async def recover_checkpoint(self, sandbox_id: str) -> str:
+        """After a restart: finish what a checkpoint or restore cut off by a crash
+        left (a frozen sandbox whose agent let go of its socket is thawed and
+        given one) and say what the sandbox is: ``running`` (its channel
+        answers), ``hibernated`` (complete images, nothing runs) or ``gone``."""
         ...
 
     async def running(self) -> set[str]:

@@ -2,42 +2,44 @@
 fast unit tests of the service. It runs nothing on the host.
 
 Its channel understands a handful of commands (``echo``, ``true``, ``false``,
-``exit N`` through ``bash -c``) and keeps files in a dict.
+``exit N`` through ``bash -c``) and keeps files in a dict (directory trees,
+batches, chmod/chown, find and watches over them: fake_files.py); its
+background processes are in fake_jobs.py.
 """
 
 from __future__ import annotations
 
-import asyncio
+import copy
 import dataclasses
 import posixpath
-import shlex
-import signal
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sandbank.errors import (
-    Conflict,
+    CheckpointUnsupported,
+    DiskFull,
     FileNotFound,
+    InvalidState,
     IsADirectory,
-    NotFound,
     RuntimeFailure,
+    SandboxNotFound,
     SandboxUnavailable,
-    TemplateNotFound,
-    Timeout,
+    SnapshotNotFound,
 )
 from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.base import (
     ExecResult,
     ExecSpec,
     FileEntry,
-    JobInfo,
-    JobSpec,
-    OutputEvent,
     SandboxSpec,
     SandboxUsage,
-    TemplateInfo,
 )
+from sandbank.runtime.fake_files import FakeFileTree
+from sandbank.runtime.fake_files import resolve as _abs
+from sandbank.runtime.fake_jobs import FakeJobs
+from sandbank.runtime.fake_jobs import unwrap as _unwrap
+from sandbank.runtime.fake_memory import FakeMemorySnapshots
+from sandbank.runtime.fake_templates import FakeTemplates
 
 
 @dataclass
@@ -49,84 +51,17 @@ class FakeSandbox:
     paused: bool = False
 
 
-def _abs(path: str, user: str = "user") -> str:
-    home = "/root" if user == "root" else "/home/user"
-    return posixpath.normpath(posixpath.join(home, path))
-
-
-def _signal_name(sig: str) -> str:
-    name = sig.upper()
-    return name if name.startswith("SIG") else f"SIG{name}"
-
-
-@dataclass
-class _FakeJob:
-    spec: JobSpec
-    pid: int
-    started_at: float
-    stdin: str = "none"
-    output: list[tuple[str, bytes]] = field(default_factory=list)
-    exit_code: int | None = None
-    signal: int | None = None
-    ended_at: float | None = None
-    pty: tuple[int, int] | None = None
-
-    def end(self, code: int, signo: int | None = None) -> None:
-        self.exit_code, self.signal, self.ended_at = code, signo, time.time()
-
-    def check_running(self, what: str) -> None:
-        if self.exit_code is not None:
-            raise Conflict(
-                f"process {self.pid} has already exited with code {self.exit_code}: cannot {what}",
-                pid=self.pid,
-                exit_code=self.exit_code,
-            )
-
-    def info(self) -> JobInfo:
-        return JobInfo(
-            pid=self.pid,
-            tag=self.spec.tag,
-            cmd=list(self.spec.cmd),
-            cwd=self.spec.cwd or "/home/user",
-            env_keys=sorted(self.spec.env),
-            user=self.spec.user,
-            started_at=self.started_at,
-            running=self.exit_code is None,
-            ended_at=self.ended_at,
-            exit_code=self.exit_code,
-            signal=self.signal,
-            stdin=self.stdin,
-            output_bytes=sum(len(data) for _, data in self.output),
-            pty=self.pty,
-        )
-
-
-class FakeChannel:
+class FakeChannel(FakeFileTree, FakeJobs):
     def __init__(self, box: FakeSandbox) -> None:
         self._box = box
 
     def _entry(self, path: str) -> FileEntry:
-        is_dir = path in self._box.dirs
-        if not is_dir and path not in self._box.files:
-            raise FileNotFound(f"{path} does not exist")
-        return FileEntry(
-            name=posixpath.basename(path) or "/",
-            path=path,
-            type="dir" if is_dir else "file",
-            size=0 if is_dir else len(self._box.files[path]),
-            mode=0o755 if is_dir else 0o644,
-            permissions="rwxr-xr-x" if is_dir else "rw-r--r--",
-            owner="user",
-            group="user",
-            modified_at=time.time(),
-        )
+        return self._tree_entry(path)
 
     async def exec(self, spec: ExecSpec) -> ExecResult:
         if not self._box.alive:
             raise SandboxUnavailable("sandbox is not running")
-        argv = spec.cmd
-        if argv[:2] == ["/bin/bash", "-c"]:
-            argv = shlex.split(argv[2])
+        argv = _unwrap(spec.cmd)
         out, code = b"", 0
         if argv[0] == "echo":
             out = (" ".join(argv[1:]) + "\n").encode()
@@ -195,103 +130,24 @@ class FakeChannel:
         self._box.files.pop(full, None)
         self._box.dirs.discard(full)
 
-    # -- background processes: ``cat`` with open stdin echoes what it is fed and
-    # ``sleep`` runs until signalled; anything else runs through ``exec`` at once.
 
-    def _jobs(self) -> dict[int, _FakeJob]:
-        # Kept on the sandbox, so that every channel to it sees the same processes.
-        jobs: dict[int, _FakeJob] = self._box.__dict__.setdefault("_fake_jobs", {})
-        return jobs
-
-    def _job(self, pid: int) -> _FakeJob:
-        job = self._jobs().get(pid)
-        if job is None:
-            raise NotFound(f"no process {pid} was started through the agent", pid=pid)
-        return job
-
-    async def start(self, spec: JobSpec) -> JobInfo:
-        if not self._box.alive:
-            raise SandboxUnavailable("sandbox is not running")
-        pid = 1000 + len(self._jobs())
-        job = _FakeJob(spec, pid, time.time(), stdin=spec.stdin)
-        self._jobs()[pid] = job
-        name = spec.cmd[0] if spec.cmd else ""
-        if spec.pty is not None:
-            # A terminal that echoes its input, as a tty in cooked mode would.
-            job.stdin, job.pty = "pty", spec.pty
-            return job.info()
-        if not (name == "sleep" or (name == "cat" and spec.stdin == "open")):
-            stdin = spec.stdin_data if spec.stdin == "bytes" else None
-            result = await self.exec(ExecSpec(cmd=spec.cmd, env=spec.env, stdin=stdin))
-            job.output += [("stdout", result.stdout), ("stderr", result.stderr)]
-            job.end(result.exit_code)
-        return job.info()
-
-    async def jobs(self) -> list[JobInfo]:
-        return [job.info() for job in self._jobs().values()]
-
-    async def attach(
-        self, pid: int, offset: int = 0, follow: bool = True
-    ) -> AsyncIterator[OutputEvent]:
-        job = self._job(pid)
-        sent = 0
-        at = 0
-        while True:
-            for kind, data in job.output[sent:]:
-                if at + len(data) > offset and data:
-                    cut = data[max(0, offset - at) :]
-                    yield OutputEvent(kind=kind, data=cut, offset=max(at, offset))  # type: ignore[arg-type]
-                at += len(data)
-            sent = len(job.output)
-            if job.exit_code is not None:
-                yield OutputEvent(kind="exit", offset=max(at, offset), info=job.info())
-                return
-            if not follow:
-                return
-            await asyncio.sleep(0.005)
-
-    async def wait(self, pid: int, timeout: float | None = None) -> JobInfo:
-        job = self._job(pid)
-        deadline = None if not timeout else time.monotonic() + timeout
-        while job.exit_code is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise Timeout(f"process {pid} is still running after {timeout:g}s", pid=pid)
-            await asyncio.sleep(0.005)
-        return job.info()
-
-    async def send_stdin(self, pid: int, data: bytes, close: bool = False) -> None:
-        job = self._job(pid)
-        job.check_running("write to its stdin")
-        if job.stdin not in ("open", "pty"):
-            raise Conflict(f"the stdin of process {pid} is {job.stdin}", pid=pid)
-        job.output.append(("stdout", data))
-        if close and job.stdin == "open":
-            job.stdin = "closed"
-            job.end(0)
-
-    async def signal(self, pid: int, sig: int | str) -> None:
-        job = self._job(pid)
-        job.check_running("signal it")
-        number = sig if isinstance(sig, int) else int(signal.Signals[_signal_name(sig)])
-        job.end(128 + number, number)
-
-    async def resize(self, pid: int, cols: int, rows: int) -> None:
-        job = self._job(pid)
-        job.check_running("resize its terminal")
-        if job.pty is None:
-            raise Conflict(f"process {pid} has no terminal to resize", pid=pid)
-        job.pty = (cols, rows)
-
-
-class FakeRuntime:
+class FakeRuntime(FakeTemplates, FakeMemorySnapshots):
     name = "fake"
 
     def __init__(self, templates: tuple[str, ...] = ("base",)) -> None:
+        super().__init__()
         self.boxes: dict[str, FakeSandbox] = {}
         self.template_names = templates
         #: Set to make the next create fail, to test the service's cleanup.
         self.fail_next_create: str | None = None
         self.destroyed: list[str] = []
+        #: Snapshot id -> (files, dirs) of the disk copied.
+        self.snapshots: dict[str, tuple[dict[str, bytes], set[str]]] = {}
+        #: Bytes left on the "host" for snapshots; None: unlimited.
+        self.snapshot_room: int | None = None
+        #: Checkpoint images: name -> (source id, saved sandbox); set to refuse them.
+        self.images: dict[str, tuple[str, FakeSandbox]] = {}
+        self.checkpoint_unsupported: str | None = None
 
     async def start(self) -> None:
         return None
@@ -299,28 +155,20 @@ class FakeRuntime:
     async def close(self) -> None:
         return None
 
-    async def ensure_template(
-        self, name: str, on_progress: Callable[[str], None] | None = None
-    ) -> TemplateInfo:
-        if name not in self.template_names:
-            raise TemplateNotFound(
-                f"template {name!r} does not exist; available: {', '.join(self.template_names)}"
-            )
-        return TemplateInfo(name=name, ready=True)
-
-    async def templates(self) -> list[TemplateInfo]:
-        return [TemplateInfo(name=n, ready=True) for n in self.template_names]
-
     async def create(self, spec: SandboxSpec) -> None:
         if self.fail_next_create:
             message, self.fail_next_create = self.fail_next_create, None
             raise RuntimeFailure(message)
         self.boxes[spec.id] = FakeSandbox(spec)
+        self.in_use[spec.template] = self.in_use.get(spec.template, 0) + 1
 
     async def customize(self, spec: SandboxSpec) -> None:
         box = self.boxes.get(spec.id)
         if box is None or not box.alive:
             raise SandboxUnavailable(f"sandbox {spec.id} is not running")
+        used = sum(len(v) for v in box.files.values())
+        if spec.memory_mb * 2**20 < used:
+            raise InvalidState(f"sandbox {spec.id} uses {used} bytes, above the new limit")
         box.spec = spec
 
     async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
@@ -330,8 +178,10 @@ class FakeRuntime:
         box.spec = dataclasses.replace(box.spec, network=policy)
 
     async def destroy(self, sandbox_id: str) -> None:
-        if self.boxes.pop(sandbox_id, None) is not None:
+        self.images.pop(f"{sandbox_id}/hib", None)
+        if (box := self.boxes.pop(sandbox_id, None)) is not None:
             self.destroyed.append(sandbox_id)
+            self.in_use[box.spec.template] -= 1
 
     async def pause(self, sandbox_id: str) -> None:
         box = self.boxes.get(sandbox_id)
@@ -344,6 +194,91 @@ class FakeRuntime:
         if box is None or not box.alive:
             raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
         box.paused = False
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        box = self.boxes.get(sandbox_id)
+        if box is None:
+            raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
+        box.alive = box.paused = False
+        box.__dict__.pop("_fake_jobs", None)
+
+    async def start_sandbox(self, spec: SandboxSpec) -> None:
+        box = self.boxes.get(spec.id)
+        if box is None:
+            raise SandboxNotFound(f"sandbox {spec.id} has no disk to start from")
+        if self.fail_next_create:
+            message, self.fail_next_create = self.fail_next_create, None
+            raise RuntimeFailure(message)
+        box.spec, box.alive, box.paused = spec, True, False
+
+    async def disk_bytes(self, sandbox_id: str) -> int:
+        box = self.boxes.get(sandbox_id)
+        return 0 if box is None else sum(len(v) for v in box.files.values())
+
+    async def snapshot(self, sandbox_id: str, snapshot_id: str) -> int:
+        box = self.boxes.get(sandbox_id)
+        if box is None:
+            raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
+        size = sum(len(v) for v in box.files.values())
+        if self.snapshot_room is not None and size > self.snapshot_room:
+            raise DiskFull(f"no room for a {size}-byte snapshot", needed_bytes=size)
+        self.snapshots[snapshot_id] = (dict(box.files), set(box.dirs))
+        return size
+
+    async def restore(self, sandbox_id: str, snapshot_id: str) -> None:
+        if snapshot_id not in self.snapshots:
+            raise SnapshotNotFound(f"snapshot {snapshot_id} has no files")
+        files, dirs = self.snapshots[snapshot_id]
+        box = self.boxes.get(sandbox_id)
+        if box is not None and box.alive:
+            raise InvalidState(f"sandbox {sandbox_id} is running; stop it first")
+        if box is None:
+            spec = SandboxSpec(sandbox_id, "base", 1, 512, 1, sandbox_id)
+            box = self.boxes[sandbox_id] = FakeSandbox(spec, alive=False)
+        box.files, box.dirs = dict(files), set(dirs)
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        self.snapshots.pop(snapshot_id, None)
+        self.memory_images.pop(snapshot_id, None)
+
+    async def snapshot_ids(self) -> set[str]:
+        return set(self.snapshots)
+
+    def checkpoint_problem(self) -> str | None:
+        return self.checkpoint_unsupported
+
+    async def checkpoint(self, sandbox_id: str, *, leave_running: bool = False) -> str:
+        if self.checkpoint_unsupported:
+            raise CheckpointUnsupported(self.checkpoint_unsupported)
+        box = self.boxes.get(sandbox_id)
+        if box is None or not box.alive:
+            raise SandboxUnavailable(f"sandbox {sandbox_id} is not running")
+        image = f"{sandbox_id}/{'fork-' + str(len(self.images)) if leave_running else 'hib'}"
+        self.images[image] = (sandbox_id, copy.deepcopy(box))
+        box.alive = leave_running
+        return image
+
+    async def restore_checkpoint(
+        self, sandbox_id: str, image: str, *, network: NetworkPolicy | None = None
+    ) -> None:
+        source, saved = self.images[image]
+        box = copy.deepcopy(saved)
+        box.spec = dataclasses.replace(box.spec, id=sandbox_id, network=network)
+        self.boxes[sandbox_id] = box
+        if source == sandbox_id:
+            del self.images[image]
+
+    async def discard_checkpoint(self, image: str) -> None:
+        self.images.pop(image, None)
+
+    def hibernated_image(self, sandbox_id: str) -> str | None:
+        image = f"{sandbox_id}/hib"
+        return image if image in self.images else None
+
+    async def recover_checkpoint(self, sandbox_id: str) -> str:
+        if await self.is_alive(sandbox_id):
+            return "running"
+        return "hibernated" if self.hibernated_image(sandbox_id) else "gone"
 
     async def running(self) -> set[str]:
         return set(self.boxes)

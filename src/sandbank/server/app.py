@@ -14,12 +14,18 @@ from fastapi import FastAPI
 from sandbank.runtime.base import Runtime
 from sandbank.server.api import (
     admin,
+    checkpoints,
     errors,
+    exec_ws,
     files,
+    files_tree,
+    lifecycle,
     preview,
     processes,
     sandboxes,
+    snapshots,
     system,
+    templates,
     terminal_page,
     terminals,
 )
@@ -31,6 +37,8 @@ from sandbank.server.service.pool import PoolConfig
 from sandbank.server.service.preview import PreviewGate
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
+from sandbank.server.service.template_build import BuildDefaults
+from sandbank.server.service.templates import TemplateService
 from sandbank.server.service.terminals import TerminalService
 from sandbank.server.settings import Settings
 from sandbank.server.store.base import Store
@@ -77,6 +85,7 @@ def limits_of(settings: Settings) -> Limits:
         exec_timeout_max=settings.exec_timeout_max,
         pids_limit=settings.pids_limit,
         exec_max_output=settings.exec_max_output,
+        process_max_output=settings.process_max_output,
     )
 
 
@@ -136,6 +145,7 @@ def create_app(
             # Pooled sandboxes keep running: the next start adopts them.
             await service.pool.stop()
             await sweeper.stop()
+            await service.idle.flush(force=True)
             await runtime.close()
             await store.close()
 
@@ -145,12 +155,37 @@ def create_app(
         keys=keys,
         telemetry=telemetry,
         base_url=settings.base_url,
-        preview=PreviewGate(store, runtime, Path(settings.data_dir) / PREVIEW_KEY_FILE),
+        preview=PreviewGate(
+            store, runtime, Path(settings.data_dir) / PREVIEW_KEY_FILE, touch=service.idle.touch
+        ),
+        templates=TemplateService(
+            runtime,
+            store,
+            BuildDefaults(
+                apt_sources=tuple(settings.template_build_apt_sources),
+                pip_index=settings.template_build_pip_index,
+                disk_gb=settings.template_build_disk_gb,
+            ),
+            scratch=Path(settings.data_dir) / "uploads",
+        ),
         terminals=TerminalService(service, store, Path(settings.data_dir) / TERMINAL_KEY_FILE),
     )
     app.add_middleware(preview.PreviewHosts)
     errors.install(app)
-    for module in (system, sandboxes, processes, files, admin, preview):
+    for module in (
+        system,
+        sandboxes,
+        checkpoints,
+        lifecycle,
+        snapshots,
+        processes,
+        exec_ws,
+        files,
+        files_tree,
+        admin,
+        preview,
+        templates,
+    ):
         app.include_router(module.router)
     app.include_router(terminals.router)
     app.include_router(terminal_page.router)

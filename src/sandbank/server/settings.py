@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     oci_runtime: str = "auto"
     #: Debian mirror for building the base template; default: the host's apt source.
     template_mirror: str | None = None
+    #: Template builds (docs/templates.md): apt source lines used instead of the
+    #: base's (a local mirror; JSON list in the environment), the pip index, and
+    #: the disk of the throwaway build sandbox.
+    template_build_apt_sources: list[str] = Field(default_factory=list)
+    template_build_pip_index: str | None = None
+    template_build_disk_gb: int = Field(default=4, ge=1, le=50)
+    #: criu for hibernate/fork; default: .cache/criu/bin/criu (scripts/criu.sh), then PATH.
+    criu_binary: str | None = None
 
     # Resource limits for a sandbox (Conway's ranges by default).
     vcpu_min: float = 1
@@ -68,6 +76,9 @@ class Settings(BaseSettings):
     exec_timeout_max: int = 24 * 3600
     #: Bytes of stdout and of stderr a synchronous exec returns; the rest is cut.
     exec_max_output: int = 64 * 1024 * 1024
+    #: Bytes of stdout and of stderr a process keeps in its sandbox for replay
+    #: (background and streamed); live readers also get what comes later.
+    process_max_output: int = 16 * 1024 * 1024
     sweep_interval: float = 1.0
 
     # Default per-tenant quotas (overridable per tenant through the admin API).

@@ -4,5 +4,14 @@ from .admin import AsyncAdminClient
 from .commands import AsyncCommands
 from .files import AsyncFilesystem
 from .sandbox import AsyncSandbox
+from .snapshots import AsyncSnapshots
+from .templates import AsyncTemplates
 
-__all__ = ["AsyncAdminClient", "AsyncCommands", "AsyncFilesystem", "AsyncSandbox"]
+__all__ = [
+    "AsyncAdminClient",
+    "AsyncCommands",
+    "AsyncFilesystem",
+    "AsyncSandbox",
+    "AsyncSnapshots",
+    "AsyncTemplates",
+]

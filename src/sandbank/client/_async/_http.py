@@ -7,7 +7,7 @@ that says which URL was tried, so callers never see raw httpx exceptions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -73,6 +73,7 @@ class AsyncApiConnection:
         json: Any = None,
         content: bytes | AsyncIterable[bytes] | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         try:
             response = await self._client.request(
@@ -82,6 +83,7 @@ class AsyncApiConnection:
                 json=json,
                 content=content,
                 timeout=_timeout(timeout),
+                headers=headers,
             )
         except httpx.TransportError as exc:
             raise self._transport_error(exc, timeout) from exc
@@ -100,9 +102,16 @@ class AsyncApiConnection:
         json: Any = None,
         content: bytes | AsyncIterable[bytes] | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         response = await self.request(
-            method, path, params=params, json=json, content=content, timeout=timeout
+            method,
+            path,
+            params=params,
+            json=json,
+            content=content,
+            timeout=timeout,
+            headers=headers,
         )
         try:
             return response.json()
@@ -112,16 +121,34 @@ class AsyncApiConnection:
                 f"other than JSON; is {self.base_url} really a sandbank server?"
             ) from exc
 
-    async def stream_bytes(
+    def stream_bytes(
         self,
         method: str,
         path: str,
         *,
         params: QueryParams | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        json: Any = None,
     ) -> AsyncIterator[bytes]:
         """The response body chunk by chunk, never held whole in memory."""
-        request = self._client.build_request(method, path, params=params, timeout=_timeout(timeout))
+        return self.stream(method, path, params=params, json=json, timeout=timeout)
+
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: QueryParams | None = None,
+        json: Any = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
+        timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+    ) -> AsyncGenerator[bytes, None]:
+        """Send a request and yield its answer's body as it arrives, chunk by
+        chunk; an error answer raises before the first chunk. ``timeout`` bounds
+        each read, not the whole stream. Closing the iterator closes the response."""
+        request = self._client.build_request(
+            method, path, params=params, json=json, content=content, timeout=_timeout(timeout)
+        )
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TransportError as exc:
@@ -154,6 +181,34 @@ class AsyncApiConnection:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class AsyncApiClient:
+    """A client object with a connection of its own (snapshots, templates, admin):
+    made from a key and URL, closed with ``close`` or as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._connection = AsyncApiConnection.open(api_key, base_url, transport)
+
+    async def close(self) -> None:
+        await self._connection.close()
 
     async def __aenter__(self) -> Self:
         return self

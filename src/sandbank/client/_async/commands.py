@@ -10,9 +10,9 @@ from sandbank import errors
 
 from .._config import EXEC_TIMEOUT_MARGIN
 from ..exceptions import CommandExitError
-from ..models import CommandResult
+from ..models import CommandResult, ProcessInfo
 from ._http import AsyncApiConnection
-from .process import CommandHandle, OutputHandler, ProcessInfo, collect, ndjson
+from .process import CommandHandle, OutputHandler, collect, ndjson
 
 
 def _body(
@@ -99,17 +99,13 @@ class AsyncCommands:
         is produced: the command is streamed, and killed if this call is
         abandoned.
         ``background=True`` returns a ``CommandHandle`` at once; ``stdin=True``
-        then keeps its stdin open for ``send_stdin``, and ``tag`` labels it.
+        then keeps its stdin open for ``send_stdin``, ``tag`` labels it, and
+        ``on_stdout``/``on_stderr`` are called by the handle's ``wait()``. A
+        background process outlives this client and the server.
         """
         limit = float(timeout or 0)
         body = _body(cmd, envs, cwd, user, limit)
         if background:
-            if on_stdout is not None or on_stderr is not None:
-                raise errors.ValidationFailed(
-                    "on_stdout/on_stderr stream a foreground command; with background=True "
-                    "pass them to the handle's wait()",
-                    field="on_stdout",
-                )
             if isinstance(stdin, str):
                 body["stdin_data"] = stdin
             elif stdin:
@@ -117,7 +113,13 @@ class AsyncCommands:
             if tag is not None:
                 body["tag"] = tag
             data = await self._connection.request_json("POST", self._processes, json=body)
-            return CommandHandle(self._connection, self._processes, int(data["pid"]))
+            return CommandHandle(
+                self._connection,
+                self._processes,
+                int(data["pid"]),
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+            )
         if isinstance(stdin, bool):
             raise errors.ValidationFailed(
                 "an open stdin needs background=True; give a string to pass input", field="stdin"
@@ -144,9 +146,19 @@ class AsyncCommands:
         data = await self._connection.request_json("GET", self._processes, params=params)
         return [ProcessInfo.from_dict(item) for item in data["processes"]]
 
-    async def connect(self, pid: int) -> CommandHandle:
-        """A handle to a process started earlier (by anyone); NotFound if unknown."""
-        handle = CommandHandle(self._connection, self._processes, pid)
+    async def connect(
+        self,
+        pid: int,
+        *,
+        on_stdout: OutputHandler | None = None,
+        on_stderr: OutputHandler | None = None,
+    ) -> CommandHandle:
+        """A handle to a process started earlier (by anyone, from any client,
+        before a server restart too); NotFound if unknown. The handlers are
+        called by the handle's ``wait()``."""
+        handle = CommandHandle(
+            self._connection, self._processes, pid, on_stdout=on_stdout, on_stderr=on_stderr
+        )
         await handle.info()
         return handle
 

@@ -10,66 +10,17 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
-
-import httpx
 
 from sandbank import errors
 
-from .._config import CONNECT_TIMEOUT, REQUEST_TIMEOUT, error_from_response
+from .._config import REQUEST_TIMEOUT
 from ..exceptions import CommandExitError
-from ..models import CommandResult, _Snapshot
+from ..models import CommandResult, ProcessInfo
 from ._http import AsyncApiConnection, QueryParams, TimeoutSeconds
 
 #: A callback for a chunk of output text.
 OutputHandler = Callable[[str], object]
-
-
-def _when(value: Any) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(str(value))
-
-
-@dataclass(frozen=True)
-class ProcessInfo(_Snapshot):
-    """A process started in a sandbox, running or ended."""
-
-    pid: int
-    tag: str | None
-    cmd: list[str]
-    cwd: str
-    user: str
-    running: bool
-    started_at: datetime | None
-    ended_at: datetime | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    timed_out: bool = False
-    stdin: str = "none"
-    output_bytes: int = 0
-    env_keys: list[str] = field(default_factory=list)
-    truncated: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ProcessInfo:
-        return cls(
-            pid=int(data["pid"]),
-            tag=data.get("tag"),
-            cmd=list(data.get("cmd") or []),
-            cwd=str(data.get("cwd", "")),
-            user=str(data.get("user", "")),
-            running=bool(data.get("running")),
-            started_at=_when(data.get("started_at")),
-            ended_at=_when(data.get("ended_at")),
-            exit_code=data.get("exit_code"),
-            signal=data.get("signal"),
-            timed_out=bool(data.get("timed_out", False)),
-            stdin=str(data.get("stdin") or "none"),
-            output_bytes=int(data.get("output_bytes") or 0),
-            env_keys=list(data.get("env_keys") or []),
-            truncated=list(data.get("truncated") or []),
-        )
 
 
 def event_bytes(event: Mapping[str, Any]) -> bytes:
@@ -88,37 +39,29 @@ async def ndjson(
     body: Any = None,
     timeout: TimeoutSeconds = REQUEST_TIMEOUT,
 ) -> AsyncIterator[dict[str, Any]]:
-    """The events of an NDJSON answer, one at a time as they arrive."""
-    client = connection._client
-    request = client.build_request(
-        method,
-        path,
-        params=params,
-        json=body,
-        timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT),
-    )
+    """The events of an NDJSON answer, one at a time as they arrive. Closing
+    the iterator closes the connection (which ends a foreground command)."""
+    chunks = connection.stream(method, path, params=params, json=body, timeout=timeout)
+    pending = bytearray()
     try:
-        response = await client.send(request, stream=True)
-    except httpx.TransportError as exc:
-        raise connection._transport_error(exc, timeout) from exc
-    try:
-        if not response.is_success:
-            await response.aread()
-            raise error_from_response(
-                response.status_code, response.content, response.reason_phrase
-            )
-        pending = b""
-        async for chunk in response.aiter_bytes():
+        async for chunk in chunks:
+            # Only the new bytes can end a line: a long line is scanned once.
+            end = chunk.find(b"\n")
+            if end < 0:
+                pending += chunk
+                continue
             pending += chunk
-            while b"\n" in pending:
-                line, _, pending = pending.partition(b"\n")
-                if line.strip():
-                    event: dict[str, Any] = json.loads(line)
+            end += len(pending) - len(chunk)
+            start = 0
+            while end >= 0:
+                if end > start:
+                    event: dict[str, Any] = json.loads(pending[start:end])
                     yield event
-    except httpx.TransportError as exc:
-        raise connection._transport_error(exc, timeout) from exc
+                start = end + 1
+                end = pending.find(b"\n", start)
+            del pending[:start]
     finally:
-        await response.aclose()
+        await chunks.aclose()
 
 
 async def collect(
@@ -161,10 +104,20 @@ class CommandHandle:
     from the start of its output until it exits.
     """
 
-    def __init__(self, connection: AsyncApiConnection, processes_path: str, pid: int) -> None:
+    def __init__(
+        self,
+        connection: AsyncApiConnection,
+        processes_path: str,
+        pid: int,
+        *,
+        on_stdout: OutputHandler | None = None,
+        on_stderr: OutputHandler | None = None,
+    ) -> None:
         self._connection = connection
         self._path = f"{processes_path}/{pid}"
         self.pid = pid
+        self._on_stdout = on_stdout
+        self._on_stderr = on_stderr
 
     def __repr__(self) -> str:
         return f"<CommandHandle pid={self.pid}>"
@@ -199,7 +152,10 @@ class CommandHandle:
         on_stderr: OutputHandler | None = None,
     ) -> CommandResult:
         """Block until it exits; its whole output and exit code. ``timeout``
-        (seconds) raises ``Timeout`` if it is still running then."""
+        (seconds) raises ``Timeout`` if it is still running then. The handlers
+        default to those given to ``run``."""
+        on_stdout = on_stdout or self._on_stdout
+        on_stderr = on_stderr or self._on_stderr
         if timeout:
             await self._connection.request_json(
                 "POST",

@@ -6,5 +6,14 @@ from .admin import AdminClient
 from .commands import Commands
 from .files import Filesystem
 from .sandbox import Sandbox
+from .snapshots import Snapshots
+from .templates import Templates
 
-__all__ = ["AdminClient", "Commands", "Filesystem", "Sandbox"]
+__all__ = [
+    "AdminClient",
+    "Commands",
+    "Filesystem",
+    "Sandbox",
+    "Snapshots",
+    "Templates",
+]

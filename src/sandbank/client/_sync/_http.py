@@ -9,7 +9,7 @@ that says which URL was tried, so callers never see raw httpx exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -75,6 +75,7 @@ class ApiConnection:
         json: Any = None,
         content: bytes | Iterable[bytes] | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         try:
             response = self._client.request(
@@ -84,6 +85,7 @@ class ApiConnection:
                 json=json,
                 content=content,
                 timeout=_timeout(timeout),
+                headers=headers,
             )
         except httpx.TransportError as exc:
             raise self._transport_error(exc, timeout) from exc
@@ -102,9 +104,16 @@ class ApiConnection:
         json: Any = None,
         content: bytes | Iterable[bytes] | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         response = self.request(
-            method, path, params=params, json=json, content=content, timeout=timeout
+            method,
+            path,
+            params=params,
+            json=json,
+            content=content,
+            timeout=timeout,
+            headers=headers,
         )
         try:
             return response.json()
@@ -121,9 +130,27 @@ class ApiConnection:
         *,
         params: QueryParams | None = None,
         timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+        json: Any = None,
     ) -> Iterator[bytes]:
         """The response body chunk by chunk, never held whole in memory."""
-        request = self._client.build_request(method, path, params=params, timeout=_timeout(timeout))
+        return self.stream(method, path, params=params, json=json, timeout=timeout)
+
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: QueryParams | None = None,
+        json: Any = None,
+        content: bytes | Iterable[bytes] | None = None,
+        timeout: TimeoutSeconds = REQUEST_TIMEOUT,
+    ) -> Generator[bytes, None]:
+        """Send a request and yield its answer's body as it arrives, chunk by
+        chunk; an error answer raises before the first chunk. ``timeout`` bounds
+        each read, not the whole stream. Closing the iterator closes the response."""
+        request = self._client.build_request(
+            method, path, params=params, json=json, content=content, timeout=_timeout(timeout)
+        )
         try:
             response = self._client.send(request, stream=True)
         except httpx.TransportError as exc:
@@ -156,6 +183,34 @@ class ApiConnection:
 
     def close(self) -> None:
         self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ApiClient:
+    """A client object with a connection of its own (snapshots, templates, admin):
+    made from a key and URL, closed with ``close`` or as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._connection = ApiConnection.open(api_key, base_url, transport)
+
+    def close(self) -> None:
+        self._connection.close()
 
     def __enter__(self) -> Self:
         return self

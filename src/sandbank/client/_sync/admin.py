@@ -5,27 +5,14 @@
 from __future__ import annotations
 
 import builtins
-from types import TracebackType
-from typing import Self
 from urllib.parse import quote
 
-import httpx
-
 from ..models import ApiKeyInfo, TemplateInfo
-from ._http import ApiConnection
+from ._http import ApiClient
 
 
-class AdminClient:
+class AdminClient(ApiClient):
     """Templates are visible to every key; the key calls need an admin key."""
-
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self._connection = ApiConnection.open(api_key, base_url, transport)
 
     def list_templates(self) -> builtins.list[TemplateInfo]:
         data = self._connection.request_json("GET", "/v1/templates")
@@ -46,16 +33,3 @@ class AdminClient:
     def revoke_key(self, key_id: str) -> None:
         self._connection.request("DELETE", f"/v1/keys/{quote(key_id, safe='')}")
 
-    def close(self) -> None:
-        self._connection.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -7,17 +7,21 @@ from __future__ import annotations
 import builtins
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Iterable
+import stat
+from collections.abc import Iterable, Iterator, Iterable, Iterator
 from pathlib import Path
-from typing import Literal, Protocol, overload, runtime_checkable
+from typing import Literal, Protocol, Required, TypedDict, overload, runtime_checkable
 
 from sandbank import errors
 
+from .._localfile import BatchedWriter
+from .._tar import TarUnpacker, tar_directory, tar_files
 from ..models import EntryInfo
+from ..watch import WatchHandle, EventHandler, ExitHandler
 from ._http import ApiConnection
 
 #: Bytes read from a local file object per chunk of an upload.
-CHUNK_SIZE = 256 * 1024
+CHUNK_SIZE = 1024 * 1024
 
 
 @runtime_checkable
@@ -43,25 +47,50 @@ def _chunks(data: Readable | Iterable[bytes] | Iterable[bytes]) -> Iterator[byte
             yield chunk
 
 
+def _size_of(data: object) -> int | None:
+    """Bytes left in a regular file opened for reading; None for anything else."""
+    try:
+        st = os.fstat(data.fileno())  # type: ignore[attr-defined]
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return int(st.st_size - data.tell())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 class Filesystem:
     def __init__(self, connection: ApiConnection, sandbox_path: str) -> None:
         self._connection = connection
         self._path = f"{sandbox_path}/files"
 
     @overload
-    def read(self, path: str, format: Literal["text"] = "text") -> str: ...
+    def read(
+        self, path: str, format: Literal["text"] = "text", encoding: str | None = None
+    ) -> str: ...
 
     @overload
     def read(self, path: str, format: Literal["bytes"]) -> bytes: ...
 
-    def read(self, path: str, format: Literal["text", "bytes"] = "text") -> str | bytes:
-        """The whole file; text is decoded as UTF-8 (undecodable bytes become U+FFFD)."""
+    def read(
+        self,
+        path: str,
+        format: Literal["text", "bytes"] = "text",
+        encoding: str | None = None,
+    ) -> str | bytes:
+        """The whole file. Text is decoded as UTF-8 with undecodable bytes as
+        U+FFFD; with ``encoding`` the sandbox checks first that the whole file
+        decodes and raises ``NotText`` if it does not."""
         if format not in ("text", "bytes"):
             raise ValueError(f"format must be 'text' or 'bytes', not {format!r}")
-        response = self._connection.request("GET", self._path, params={"path": path})
+        params = {"path": path}
+        if encoding is not None:
+            if format != "text":
+                raise ValueError("encoding applies to format='text' only")
+            params.update(format="text", encoding=encoding)
+        response = self._connection.request("GET", self._path, params=params)
         if format == "bytes":
             return response.content
-        return response.content.decode("utf-8", errors="replace")
+        return response.content.decode(encoding or "utf-8", errors="replace")
 
     def read_stream(self, path: str) -> Iterator[bytes]:
         """The file's content chunk by chunk; the request starts at the first iteration."""
@@ -76,17 +105,23 @@ class Filesystem:
         read whole.
         """
         content: bytes | Iterable[bytes]
+        headers: dict[str, str] = {}
         if isinstance(data, str):
             content = data.encode()
         elif isinstance(data, bytes | bytearray | memoryview):
             content = bytes(data)
         else:
+            size = _size_of(data)
+            if size is not None:
+                # A stated length spares the chunked encoding a copy of every chunk;
+                # a file that changes size meanwhile fails the upload, never cuts it.
+                headers["Content-Length"] = str(size)
             content = _chunks(data)
         params = {"path": path}
         if user is not None:
             params["user"] = user
         entry = self._connection.request_json(
-            "PUT", self._path, params=params, content=content
+            "PUT", self._path, params=params, content=content, headers=headers
         )
         return EntryInfo.from_dict(entry)
 
@@ -148,10 +183,12 @@ class Filesystem:
         partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
         written = 0
         try:
-            with partial.open("xb") as out:
+            with partial.open("xb", buffering=0) as out:
+                writer = BatchedWriter(out)
                 for chunk in self.read_stream(path):
-                    out.write(chunk)
+                    writer.write(chunk)
                     written += len(chunk)
+                writer.flush()
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)
@@ -163,3 +200,129 @@ class Filesystem:
         """Stream the local file ``local_path`` to ``path``."""
         with open(local_path, "rb") as source:
             return self.write(path, source, user=user)
+
+    # -- directories, batches, ownership, search, watches ----------------------------
+
+    def upload_dir(
+        self,
+        local_dir: str | os.PathLike[str],
+        path: str,
+        *,
+        overwrite: bool = False,
+        user: str | None = None,
+    ) -> EntryInfo:
+        """Send the local directory ``local_dir`` as the sandbox directory ``path``,
+        streamed as a tar. It appears whole or not at all; an existing directory
+        is replaced only with ``overwrite`` (``FileExists`` otherwise)."""
+        params: dict[str, str] = {"path": path, "overwrite": "true" if overwrite else "false"}
+        if user is not None:
+            params["user"] = user
+        stream = tar_directory(local_dir)
+        entry = self._connection.request_json(
+            "PUT", f"{self._path}/tar", params=params, content=_chunks(stream), timeout=None
+        )
+        return EntryInfo.from_dict(entry)
+
+    def download_dir(
+        self, path: str, local_dir: str | os.PathLike[str], *, overwrite: bool = False
+    ) -> int:
+        """Fetch the sandbox directory ``path`` into the local ``local_dir``; returns
+        the bytes of file data written. It lands beside ``local_dir`` first and is
+        renamed into place when complete; an existing directory is replaced only
+        with ``overwrite``."""
+        unpacker = TarUnpacker(local_dir, overwrite)
+        try:
+            chunks = self._connection.stream_bytes(
+                "GET", f"{self._path}/tar", params={"path": path}, timeout=None
+            )
+            for chunk in chunks:
+                unpacker.feed(chunk)
+            unpacker.finish()
+        finally:
+            unpacker.discard()
+        return unpacker.bytes
+
+    def write_files(
+        self, files: Iterable[WriteEntry], user: str | None = None
+    ) -> builtins.list[EntryInfo]:
+        """Write several files in one request: each ``{"path", "data"}`` (plus an
+        optional ``"mode"``); ``data`` is text, bytes or a seekable binary file.
+        All or nothing: on any failure none of them is written."""
+        params = {} if user is None else {"user": user}
+        stream = tar_files(_batch(files))
+        data = self._connection.request_json(
+            "POST", f"{self._path}/batch", params=params, content=_chunks(stream), timeout=None
+        )
+        return [EntryInfo.from_dict(entry) for entry in data["entries"]]
+
+    def chmod(self, path: str, mode: int) -> EntryInfo:
+        """Set the permission bits of ``path`` (e.g. ``0o755``)."""
+        data = self._connection.request_json(
+            "POST", f"{self._path}/chmod", json={"path": path, "mode": mode}
+        )
+        return EntryInfo.from_dict(data)
+
+    def chown(
+        self,
+        path: str,
+        owner: str | int | None = None,
+        group: str | int | None = None,
+        recursive: bool = False,
+    ) -> EntryInfo:
+        """Change the owner and/or group (names or ids) of ``path``, or of
+        everything under it with ``recursive``; symlinks themselves, not followed."""
+        body = {"path": path, "owner": owner, "group": group, "recursive": recursive}
+        data = self._connection.request_json("POST", f"{self._path}/chown", json=body)
+        return EntryInfo.from_dict(data)
+
+    def find(self, path: str, pattern: str, limit: int = 1000) -> builtins.list[EntryInfo]:
+        """Entries under ``path`` matching the glob ``pattern`` (relative to it;
+        ``**`` spans directories), sorted by path. More than ``limit`` matches
+        raises ``PayloadTooLarge`` rather than returning a cut list."""
+        data = self._connection.request_json(
+            "GET",
+            f"{self._path}/find",
+            params={"path": path, "pattern": pattern, "limit": limit},
+        )
+        return [EntryInfo.from_dict(entry) for entry in data["entries"]]
+
+    def watch_dir(
+        self,
+        path: str,
+        on_event: EventHandler | None = None,
+        recursive: bool = False,
+        on_exit: ExitHandler | None = None,
+    ) -> WatchHandle:
+        """Watch the directory ``path`` (and, with ``recursive``, every directory
+        below it, also ones created later). Each event goes to ``on_event`` as it
+        happens, or waits for ``get_new_events()`` without one. A missing path
+        raises ``FileNotFound`` here. ``stop()`` ends the watch."""
+        params = {"path": path, "recursive": "true" if recursive else "false"}
+        return WatchHandle.open(
+            self._connection, f"{self._path}/watch", params, on_event, on_exit
+        )
+
+
+class WriteEntry(TypedDict, total=False):
+    path: Required[str]
+    data: Required[str | bytes | Readable]
+    mode: int
+
+
+def _batch(files: Iterable[WriteEntry]) -> Iterator[tuple[str, object, int, int | None]]:
+    for item in files:
+        data = item["data"]
+        if isinstance(data, str):
+            data = data.encode()
+        if isinstance(data, bytes | bytearray | memoryview):
+            raw = bytes(data)
+            yield item["path"], raw, len(raw), item.get("mode")
+            continue
+        seek = getattr(data, "seek", None)
+        tell = getattr(data, "tell", None)
+        if seek is None or tell is None:
+            raise TypeError(f"data for {item['path']!r} must be text, bytes or a seekable file")
+        start = tell()
+        size = seek(0, os.SEEK_END) - start
+        seek(start)
+        yield item["path"], data, size, item.get("mode")

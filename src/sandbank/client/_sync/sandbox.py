@@ -15,7 +15,7 @@ import httpx
 from sandbank import errors
 
 from .._config import CREATE_TIMEOUT
-from ..models import NetworkInfo, SandboxInfo, SandboxMetrics
+from ..models import NetworkInfo, SandboxInfo, SandboxMetrics, SnapshotInfo
 from ._http import ApiConnection, QueryValue
 from .commands import Commands
 from .files import Filesystem
@@ -105,6 +105,10 @@ class Sandbox:
         timeout: int | None = None,
         allow_internet_access: bool | None = None,
         network: Mapping[str, Sequence[str]] | None = None,
+        snapshot: str | None = None,
+        idle_timeout: int | None = None,
+        on_timeout: str | None = None,
+        auto_resume: bool | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -114,9 +118,13 @@ class Sandbox:
         Unset resources take the server's defaults. ``envs`` are set for every
         command run in it; ``metadata`` labels it for ``list`` filters.
         ``allow_internet_access=False`` gives it no egress at all; ``network``
-        is ``{"allow_out": [...], "deny_out": [...]}`` of IPv4 addresses and
-        CIDRs, where allow wins over deny (``deny_out=[ALL_TRAFFIC]`` plus
-        ``allow_out`` is an allow list).
+        is ``{"allow_out": [...], "deny_out": [...]}`` of IPv4 addresses,
+        CIDRs, domain names and ``*.example.com`` wildcards, where allow wins
+        over deny (``deny_out=[ALL_TRAFFIC]`` plus ``allow_out`` is an allow
+        list). ``snapshot`` (id or name) starts it on a copy of that snapshot's
+        disk. ``idle_timeout`` seconds without any operation on it lead to
+        ``on_timeout`` (``kill``, ``pause`` or ``hibernate``); ``auto_resume`` makes
+        calls on a paused or hibernated sandbox resume or wake it.
         """
         body: dict[str, Any] = {"template": template}
         optional: dict[str, Any] = {
@@ -130,6 +138,10 @@ class Sandbox:
             "timeout": timeout,
             "allow_internet_access": allow_internet_access,
             "network": {k: list(v) for k, v in network.items()} if network is not None else None,
+            "snapshot": snapshot,
+            "idle_timeout": idle_timeout,
+            "on_timeout": on_timeout,
+            "auto_resume": auto_resume,
         }
         body.update({key: value for key, value in optional.items() if value is not None})
         connection = ApiConnection.open(api_key, base_url, transport)
@@ -233,6 +245,81 @@ class Sandbox:
         self._info = SandboxInfo.from_dict(data)
         return self._info
 
+    def _lifecycle(self, verb: str, body: dict[str, Any] | None = None) -> SandboxInfo:
+        data = self._connection.request_json("POST", f"{self._path}/{verb}", json=body)
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    def stop(self) -> SandboxInfo:
+        """End every process and free memory and CPU; the disk is kept. Idempotent."""
+        return self._lifecycle("stop")
+
+    def start(self) -> SandboxInfo:
+        """Start a stopped sandbox on its disk; processes begin from scratch."""
+        return self._lifecycle("start")
+
+    def restart(self) -> SandboxInfo:
+        return self._lifecycle("restart")
+
+    def restore(self, snapshot: str) -> SandboxInfo:
+        """Put the disk back to ``snapshot`` (id or name); a running sandbox is
+        restarted on it, a stopped one stays stopped."""
+        return self._lifecycle("restore", {"snapshot": snapshot})
+
+    def snapshot(self, name: str | None = None, memory: bool = False) -> SnapshotInfo:
+        """A consistent copy of the sandbox's disk (it is frozen while copied);
+        ``memory``: its running processes and memory too (needs checkpoints)."""
+        body: dict[str, Any] = {"name": name} if name is not None else {}
+        if memory:
+            body["memory"] = True
+        data = self._connection.request_json("POST", f"{self._path}/snapshots", json=body)
+        return SnapshotInfo.from_dict(data)
+
+    def update(
+        self,
+        *,
+        vcpu: float | None = None,
+        memory_mb: int | None = None,
+        idle_timeout: int | None = None,
+        on_timeout: str | None = None,
+        auto_resume: bool | None = None,
+    ) -> SandboxInfo:
+        """Resize (live when running) and/or change the idle policy; None: unchanged,
+        ``idle_timeout=0``: none."""
+        given = {
+            "vcpu": vcpu,
+            "memory_mb": memory_mb,
+            "idle_timeout": idle_timeout,
+            "on_timeout": on_timeout,
+            "auto_resume": auto_resume,
+        }
+        body = {key: value for key, value in given.items() if value is not None}
+        data = self._connection.request_json("PATCH", self._path, json=body)
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    def hibernate(self) -> SandboxInfo:
+        """Save the sandbox's processes and memory to disk and stop it: it holds
+        no memory or CPU until ``wake``; its timeout keeps running. Idempotent."""
+        data = self._connection.request_json("POST", f"{self._path}/hibernate")
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    def wake(self) -> SandboxInfo:
+        """Restore a hibernated sandbox where it left off; idempotent."""
+        data = self._connection.request_json("POST", f"{self._path}/wake")
+        self._info = SandboxInfo.from_dict(data)
+        return self._info
+
+    def fork(self, count: int = 1) -> builtins.list[Self]:
+        """``count`` new sandboxes with this one's running processes, memory and
+        files, each with its own id, disk and address; this one keeps running.
+        They share this handle's connection."""
+        data = self._connection.request_json(
+            "POST", f"{self._path}/fork", json={"count": count}
+        )
+        return [type(self)(SandboxInfo.from_dict(d), self._connection) for d in data["data"]]
+
     def update_network(
         self,
         *,
@@ -262,6 +349,13 @@ class Sandbox:
         data = self._connection.request_json("GET", f"{self._path}/preview")
         template: str = data["host_url" if by_host else "url"]
         return template.replace("{port}", str(int(port)))
+
+    def get_host(self, port: int) -> str:
+        """E2B's ``get_host``: the ``{port}-{id}.localhost[:server port]`` host
+        that reaches ``port`` (no scheme, no token: a request to it needs the
+        preview token, see ``preview_url``)."""
+        url = self.preview_url(port, by_host=True)
+        return url.partition("://")[2].partition("/")[0]
 
     def is_running(self) -> bool:
         try:

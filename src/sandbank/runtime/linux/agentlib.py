@@ -24,7 +24,7 @@ from pathlib import Path
 import sandbank
 
 #: Files (relative to the ``sandbank`` package) the agent needs.
-FIXED = ["errors.py", "protocol/__init__.py", "protocol/agent.py"]
+FIXED = ["errors.py", "protocol/__init__.py", "protocol/agent.py", "protocol/tarstream.py"]
 
 
 def sources(package: Path | None = None) -> dict[str, Path | None]:

@@ -11,45 +11,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import os
 import stat
-import time
 import weakref
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from sandbank.errors import InvalidState, RuntimeFailure, SandboxNotFound, SandboxUnavailable
+from sandbank.errors import RuntimeFailure, SandboxNotFound, SandboxUnavailable
 from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.agent_client import AgentClient
-from sandbank.runtime.base import SandboxChannel, SandboxSpec, SandboxUsage, TemplateInfo
+from sandbank.runtime.base import SandboxChannel, SandboxUsage, TemplateInfo
 from sandbank.runtime.linux import (
     agentlib,
-    cgroups,
     customize,
     disk,
     fsflags,
+    hostread,
     mounts,
     network,
     oci,
-    resolv,
-    rootfs,
-    seccomp,
+    snapshots,
+    stopstart,
     teardown,
 )
 from sandbank.runtime.linux.accounting import UsageReader
-from sandbank.runtime.linux.cgroups import Cgroup, CgroupLayout, Limits, make_room
+from sandbank.runtime.linux.cgroup_host import favors_dynmods, make_room
+from sandbank.runtime.linux.cgroups import Cgroup, CgroupLayout
+from sandbank.runtime.linux.checkpoint_flow import Checkpointer, CheckpointMethods
 from sandbank.runtime.linux.layout import (
-    MAX_SOCKET_PATH,
     SandboxDir,
     SandboxRecord,
     check_id,
     is_valid_id,
 )
 from sandbank.runtime.linux.ocicli import OciCli, pick_binary
+from sandbank.runtime.linux.provision import ProvisionMethods
+from sandbank.runtime.linux.templating import TemplateOps
 from sandbank.runtime.templates import TemplateStore
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class _Settings(Protocol):
     def template_root(self) -> Path: ...
 
 
-class LinuxRuntime:
+class LinuxRuntime(ProvisionMethods, stopstart.DiskLifecycle, TemplateOps, CheckpointMethods):
     name = "linux"
 
     def __init__(
@@ -82,6 +82,7 @@ class LinuxRuntime:
         ready_timeout: float = 20.0,
         network_cidr: str = network.DEFAULT_CIDR,
         network_dns: Iterable[str] = (),
+        criu_binary: str | None = None,
     ) -> None:
         """``template_seed``: an unshifted debootstrap of the recipe's packages to
         build from instead of downloading (offline hosts, tests).
@@ -109,8 +110,12 @@ class LinuxRuntime:
         )
         self._channels: dict[str, AgentClient] = {}
         self._usage = UsageReader()
-        self.network = network.SandboxNetworks(str(self.data_dir), network_cidr, list(network_dns))
+        self.network = network.SandboxNetworks(
+            str(self.data_dir), network_cidr, list(network_dns),
+            state_dir=self.data_dir / "network",
+        )  # fmt: skip
         self._cpus = customize.CpuSpread([])
+        self.checkpoints = Checkpointer(self, criu_binary)
         #: Seconds per create phase, by sandbox id (for benchmarks and the debug log).
         self.timings: dict[str, dict[str, float]] = {}
 
@@ -127,6 +132,7 @@ class LinuxRuntime:
             disk_pool_sizes=(getattr(settings, "disk_gb_default", 1),),
             network_cidr=getattr(settings, "network_cidr", network.DEFAULT_CIDR),
             network_dns=getattr(settings, "network_dns", None) or (),
+            criu_binary=getattr(settings, "criu_binary", None),
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -158,18 +164,20 @@ class LinuxRuntime:
         await asyncio.to_thread(agentlib.assemble, self.agent_lib)
         self.pool.start()
         await self.network.start()
+        await self.checkpoints.start()
         log.info(
             "linux runtime: %s, cgroup v%d%s under %s",
             binary, self.layout.version, " (hybrid)" if self.layout.hybrid else "",
             self.cgroup_parent,
         )  # fmt: skip
-        if not cgroups.favors_dynmods():
+        if not favors_dynmods():
             log.info("no cgroup mount has favordynmods: each sandbox start waits 5-15 ms for an "
-                     "RCU grace period (see cgroups.favors_dynmods)")  # fmt: skip
+                     "RCU grace period (see cgroup_host.favors_dynmods)")  # fmt: skip
 
     async def close(self) -> None:
         # Sandboxes keep running: they outlive the server by design.
         await self.pool.close()
+        await self.network.close()
 
     @property
     def ocicli(self) -> OciCli:
@@ -198,6 +206,10 @@ class LinuxRuntime:
     def _box(self, sandbox_id: str) -> SandboxDir:
         return SandboxDir(self.sandboxes_dir / check_id(sandbox_id))
 
+    def _client(self, box: SandboxDir) -> AgentClient:
+        init = partial(self.ocicli.init_process, box.root.name)
+        return hostread.HostReadAgentClient(box.socket, init)
+
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
@@ -207,144 +219,6 @@ class LinuxRuntime:
             sandbox_id, self.cgroups, self.ocicli, box, self.cgroup_parent
         )
         return teardown.Target(sandbox_id, box, self.ocicli, cgs, self.network)
-
-    async def create(self, spec: SandboxSpec) -> None:
-        box = self._box(spec.id)
-        async with self._lock(spec.id):
-            if box.root.exists() or self.ocicli.state_dir(spec.id).exists():
-                raise InvalidState(f"sandbox {spec.id} already exists")
-            lower = self.store.lower(spec.template)
-            if len(str(box.socket).encode()) > MAX_SOCKET_PATH:
-                raise RuntimeFailure(f"data dir path too long for a unix socket: {box.socket}")
-            marks: dict[str, float] = {}
-            clock = time.monotonic()
-
-            def mark(phase: str) -> None:
-                nonlocal clock
-                now = time.monotonic()
-                marks[phase] = now - clock
-                clock = now
-
-            try:
-                await self._build(spec, box, lower, mark)
-            except BaseException as exc:
-                self.pool.refill(spec.disk_gb)
-                detail = box.log_tail()
-                errors = await teardown.destroy(self._target(spec.id))
-                if errors:
-                    log.error("cleanup after failed create of %s: %s", spec.id, errors)
-                if not isinstance(exc, Exception):
-                    raise
-                msg = f"creating sandbox {spec.id} failed: {exc}"
-                if detail:
-                    msg += f"\nagent.log:\n{detail}"
-                raise RuntimeFailure(msg) from exc
-            # After the create, not during it: formatting competes for the CPU.
-            self.pool.refill(spec.disk_gb)
-            # The network phase overlaps the agent's start; it reports its own share.
-            self.timings[spec.id] = {**marks, **self.timings.get(spec.id, {})}
-            log.debug("created %s: %s", spec.id, {k: round(v * 1000, 1) for k, v in marks.items()})
-
-    async def _build(
-        self, spec: SandboxSpec, box: SandboxDir, lower: Path, mark: Callable[[str], None]
-    ) -> None:
-        box.root.mkdir(mode=0o711)
-        cgroups_path = f"{self.cgroup_parent.rstrip('/')}/sandbank/{spec.id}"
-        pids = self._pids(spec.pids_limit)
-        record = SandboxRecord(
-            id=spec.id, cgroups_path=cgroups_path, lower=str(lower),
-            oci_binary=self.ocicli.binary, disk_gb=spec.disk_gb, memory_mb=spec.memory_mb,
-            pids_limit=pids, created_at=time.time(), vcpu=spec.vcpu, hostname=spec.hostname,
-        )  # fmt: skip
-        record.save(box.record)
-        mark("prepare")
-        await self.pool.take(spec.disk_gb, box.image)
-        mark("disk image")
-        await asyncio.to_thread(rootfs.assemble, box, lower, spec.hostname, mark)
-        listener = rootfs.listen(box)
-        try:
-            config = oci.build_config(
-                dataclasses.replace(spec, pids_limit=pids),
-                cgroups_path=cgroups_path,
-                run_dir=box.run,
-                agent_lib=self.agent_lib,
-                swap_limit=self.cgroups.swap_limit_supported(self.cgroup_parent),
-                seccomp=seccomp.profile(),
-            )
-            box.config.write_text(json.dumps(config, separators=(",", ":")))
-            mark("config")
-            # The listener goes in as the container's stdin; runc hands it to the agent.
-            await self.ocicli.run_detached(
-                spec.id, box.root, box.log, timeout=60, stdin=listener.fileno()
-            )
-        finally:
-            # Only the agent may hold it now: were it to die, our copy would keep
-            # connections waiting in the backlog instead of failing them.
-            listener.close()
-        mark("oci run")
-        client = AgentClient(box.socket)
-        # The agent boots while its network is made: neither waits for the other.
-        await network.together(
-            self._attach_network(spec, box), client.wait_ready(timeout=self.ready_timeout)
-        )
-        # Pinned to its CPUs only now: set in the config, it would also pin the
-        # agent's start-up, to share one CPU with the exiting OCI runtime (~2 ms).
-        self.cgroups.cgroup(cgroups_path).set_cpus(self._cpus.pick(spec.vcpu))
-        self._channels[spec.id] = client
-        mark("agent ready")
-
-    async def _attach_network(self, spec: SandboxSpec, box: SandboxDir) -> None:
-        started = time.monotonic()
-        agent = await self.ocicli.init_process(spec.id)
-        if agent is None:
-            raise RuntimeFailure(f"sandbox {spec.id} stopped right after it started")
-        att = await self.network.attach(spec.id, *agent, spec.network or NetworkPolicy())
-        # Nothing untrusted has run in the sandbox yet: its /etc is still the template's.
-        resolv.write_resolv_conf(box.rootfs, att.resolv_conf(), oci.ID_SHIFT)
-        self.timings.setdefault(spec.id, {})["network"] = time.monotonic() - started
-
-    def _pids(self, wanted: int) -> int:
-        """The pids limit a sandbox gets: what it asks for, under the host-wide ceiling."""
-        if self.pids_ceiling > 0:
-            return min(wanted, self.pids_ceiling) if wanted > 0 else self.pids_ceiling
-        return wanted
-
-    async def customize(self, spec: SandboxSpec) -> None:
-        box = self._box(spec.id)
-        async with self._lock(spec.id):
-            record = SandboxRecord.load(box.record)
-            if record is None:
-                raise SandboxNotFound(f"sandbox {spec.id} does not exist")
-            agent = await self.ocicli.init_process(spec.id)
-            if agent is None:
-                raise SandboxUnavailable(f"sandbox {spec.id} is not running")
-            if spec.disk_gb != record.disk_gb:
-                raise InvalidState(
-                    f"sandbox {spec.id} has a {record.disk_gb} GB disk; its size cannot change"
-                )
-            hostname = customize.check_hostname(spec.hostname)
-            cg = self.cgroups.cgroup(record.cgroups_path)
-            limits = Limits(
-                cpu_quota=oci.cpu_quota(spec.vcpu), cpu_period=oci.CPU_PERIOD,
-                cpus=self._cpus.pick(spec.vcpu, cg.cpus()), memory=spec.memory_mb * oci.MIB,
-                no_swap=True, pids=self._pids(spec.pids_limit),
-            )  # fmt: skip
-            customize.set_limits(cg, limits, spec.id)
-            if spec.network is not None:
-                await self.network.set_policy(spec.id, spec.network)
-            record = dataclasses.replace(
-                record, vcpu=spec.vcpu, memory_mb=spec.memory_mb, pids_limit=limits.pids
-            )
-            try:
-                if hostname != record.hostname:
-                    client = self._channels.get(spec.id) or AgentClient(box.socket)
-                    await asyncio.gather(
-                        customize.set_uts_hostname(*agent, hostname), client.set_hostname(hostname)
-                    )
-                    record = dataclasses.replace(record, hostname=hostname)
-            finally:
-                # The limits are in force whatever became of the name.
-                record.save(box.record)
 
     async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         async with self._lock(check_id(sandbox_id)):
@@ -356,6 +230,7 @@ class LinuxRuntime:
         async with self._lock(check_id(sandbox_id)):
             target = self._target(sandbox_id)
             self._channels.pop(sandbox_id, None)
+            hostread.retire(self._box(sandbox_id).socket)
             self._usage.forget(sandbox_id)
             self.timings.pop(sandbox_id, None)
             self._thaw_v1(sandbox_id)
@@ -441,8 +316,9 @@ class LinuxRuntime:
                 return False
         except OSError:
             return False
-        client = AgentClient(box.socket)
+        client = self._client(box)
         cgroup = self.cgroup(sandbox_id)
+        snapshots.thaw_disk(self, sandbox_id)
         with contextlib.suppress(OSError):
             if cgroup is not None and cgroup.frozen():
                 # Paused: its agent cannot answer until resumed.
@@ -462,7 +338,7 @@ class LinuxRuntime:
             box = self._box(sandbox_id)
             if not box.root.is_dir():
                 raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
-            client = self._channels[sandbox_id] = AgentClient(box.socket)
+            client = self._channels[sandbox_id] = self._client(box)
         return client
 
     async def usage(self, sandbox_id: str) -> SandboxUsage:

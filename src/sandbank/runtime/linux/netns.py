@@ -14,12 +14,16 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
+
+T = TypeVar("T")
 
 
 def _start_time(pid: int) -> int | None:
@@ -44,25 +48,42 @@ def open_netns(pid: int, start: int | None) -> int:
     return fd
 
 
-def _socket_in(ns_fd: int, family: int, kind: int, proto: int) -> socket.socket:
-    result: list[socket.socket] = []
+def _inside(ns_fd: int, work: Callable[[], T]) -> T:
+    """``work()`` on a thread that has entered the namespace ``ns_fd`` and then ends."""
+    result: list[T] = []
     errors: list[BaseException] = []
 
-    def enter_and_open() -> None:
+    def enter_and_work() -> None:
         try:
             if _libc.setns(ns_fd, CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"setns: {os.strerror(err)}")
-            result.append(socket.socket(family, kind, proto))
+            result.append(work())
         except BaseException as exc:  # handed to the caller, not lost with the thread
             errors.append(exc)
 
-    thread = threading.Thread(target=enter_and_open, name="sandbank-netns", daemon=True)
+    thread = threading.Thread(target=enter_and_work, name="sandbank-netns", daemon=True)
     thread.start()
     thread.join()
     if errors:
         raise errors[0]
     return result[0]
+
+
+def _socket_in(ns_fd: int, family: int, kind: int, proto: int) -> socket.socket:
+    return _inside(ns_fd, lambda: socket.socket(family, kind, proto))
+
+
+def _write_all(values: dict[str, str]) -> None:
+    # /proc/sys/net is the namespace of the thread that opens the file.
+    for path, value in values.items():
+        with open(path, "w") as fh:
+            fh.write(value)
+
+
+async def write_sysctls(ns_fd: int, values: dict[str, str]) -> None:
+    """Write /proc/sys/net files of the namespace ``ns_fd``."""
+    await asyncio.to_thread(_inside, ns_fd, lambda: _write_all(values))
 
 
 async def netlink_socket(ns_fd: int) -> socket.socket:

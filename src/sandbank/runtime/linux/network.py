@@ -23,7 +23,8 @@ DNS, so it keeps working while the server restarts. The limits: the resolver
 must be reachable from a forwarded packet (a loopback stub like
 systemd-resolved's 127.0.0.53 is not; its upstreams are used then), and
 queries are not filtered by name. DNS counts as egress: a sandbox without
-internet access has none.
+internet access has none. A sandbox whose policy names domains resolves
+through the server instead (``domainpolicy``).
 
 Forwarding. ``net.ipv4.ip_forward`` is left alone; forwarding is switched on
 per interface instead (each sandbox's host side and the uplinks that carry
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import logging
@@ -43,7 +43,6 @@ import os
 import random
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,16 +51,23 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from sandbank.errors import InvalidState, RuntimeFailure
 from sandbank.protocol.network import NetworkPolicy
-from sandbank.runtime.linux import netns, netrules, resolv, rtnl
+from sandbank.runtime.linux import netns, netrules, resolv
+from sandbank.runtime.linux.domainpolicy import DomainRules
+from sandbank.runtime.linux.netalloc import Attachment, HostLock, pick_slot, slot_addresses
 from sandbank.runtime.linux.netrules import Names
-from sandbank.runtime.linux.nft import Nft, NftError
+from sandbank.runtime.linux.nft import Nft, NftError, element_keys
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CIDR = "10.231.0.0/16"
 SANDBOX_IFNAME = "eth0"
 PREFIX = 30
-LOCK_FILE = Path("/run/sandbank/network.lock")
+_ENODEV = 19
+#: Written inside every sandbox's namespace before its link comes up.
+IPV6_OFF = {
+    f"/proc/sys/net/ipv6/conf/{i}/disable_ipv6": "1"
+    for i in ("all", "default", SANDBOX_IFNAME, "lo")
+}
 
 T = TypeVar("T")
 
@@ -80,34 +86,6 @@ async def _netlink(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return await asyncio.to_thread(run)
 
 
-@dataclass(frozen=True)
-class Attachment:
-    """A sandbox's addresses: its own, and the host side it routes (and resolves) through."""
-
-    address: str
-    gateway: str
-
-    def resolv_conf(self) -> str:
-        return f"# written by sandbank: DNS goes through the host\nnameserver {self.gateway}\n"
-
-
-def slot_addresses(cidr: ipaddress.IPv4Network, slot: int) -> Attachment:
-    base = int(cidr.network_address) + 4 * slot
-    return Attachment(
-        address=str(ipaddress.IPv4Address(base + 2)), gateway=str(ipaddress.IPv4Address(base + 1))
-    )
-
-
-def pick_slot(used: set[int], slots: int, start: int) -> int | None:
-    """The first free slot from ``start`` on, wrapping; a rotating start keeps a
-    just-freed address (and conntrack state about it) from being reused at once."""
-    for i in range(slots):
-        slot = (start + i) % slots
-        if slot not in used:
-            return slot
-    return None
-
-
 def _sysctl(path: str, value: str) -> None:
     with contextlib.suppress(FileNotFoundError), open(path, "w") as fh:
         fh.write(value)
@@ -122,9 +100,11 @@ class SandboxNetworks:
         cidr: str = DEFAULT_CIDR,
         dns: Sequence[str] | None = None,
         nft: Nft | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         """``instance`` tells this runtime's sandboxes from other servers' on the
-        same host (the data dir); ``dns``: resolvers to use instead of the host's."""
+        same host (the data dir); ``dns``: resolvers to use instead of the host's;
+        ``state_dir``: where the policies with domain rules are kept."""
         self.instance = hashlib.sha256(instance.encode()).hexdigest()[:8]
         try:
             self.cidr = ipaddress.IPv4Network(cidr)
@@ -139,12 +119,20 @@ class SandboxNetworks:
         self._nft = nft
         self._alloc = asyncio.Lock()
         self._cursor = random.randrange(self.slots)
+        self._state_dir = state_dir
+        self._domains: DomainRules | None = None
 
     @property
     def nft(self) -> Nft:
         if self._nft is None:
             self._nft = Nft()
         return self._nft
+
+    @property
+    def domains(self) -> DomainRules:
+        if self._domains is None:
+            self._domains = DomainRules(self.nft, self._state_dir, [str(self.cidr)])
+        return self._domains
 
     def names(self, sandbox_id: str) -> Names:
         key = hashlib.sha256(f"{self.instance}/{sandbox_id}".encode()).hexdigest()[:12]
@@ -167,6 +155,13 @@ class SandboxNetworks:
         self.resolver = resolvers[0] if resolvers else None
         if self.resolver is None:
             log.warning("no IPv4 resolver found for sandboxes: they will have no DNS")
+        await self.domains.start(self.resolver)
+        for sandbox_id, policy in self.domains.stored().items():
+            try:
+                await self.set_policy(sandbox_id, policy)
+            except (InvalidState, NftError) as exc:
+                log.info("sandbox %s: domain rules not restored (%s)", sandbox_id, exc)
+                self.domains.forget(sandbox_id)
         log.info(
             "sandbox network %s via %s, DNS -> %s (nft: %s)",
             self.cidr, ",".join(n for n, _ in uplinks) or "no default route",
@@ -199,24 +194,34 @@ class SandboxNetworks:
         route and policy. The rules exist before the link does: no packet of
         the sandbox ever passes unfiltered."""
         names = self.names(sandbox_id)
-        await self.nft.run(netrules.add_sandbox(names, policy, self.resolver))
+        ports = self.domains.ports
+        label = self.alias(sandbox_id)
+        await self.nft.run(netrules.add_sandbox(names, policy, self.resolver, ports, label))
         ns_fd = netns.open_netns(pid, start)
         try:
-            async with self._alloc, _HostLock():
+            async with self._alloc, HostLock():
                 att = await _netlink(lambda: self._make_link(sandbox_id, names, ns_fd))
         finally:
             os.close(ns_fd)
+        if policy.has_domains:
+            self.domains.register(sandbox_id, names, att.address, policy)
         return att
+
+    async def close(self) -> None:
+        """Stop the DNS forwarder and proxy (sandboxes with domain rules lose
+        DNS and ports 80/443 until the next start)."""
+        if self._domains is not None:
+            await self._domains.close()
 
     async def _make_link(self, sandbox_id: str, names: Names, ns_fd: int) -> Attachment:
         """Pick a free slot, make the link and configure its inner end; runs
         under the allocation locks (the slot is taken once its .1 is assigned)."""
         async with AsyncIPRoute() as ipr:
-            used = {
-                (int(addr) - int(self.cidr.network_address)) // 4
-                for addr in rtnl.ipv4_addresses()
-                if addr in self.cidr
-            }
+            used: set[int] = set()
+            async for msg in await ipr.addr("dump", family=socket.AF_INET):
+                addr = ipaddress.IPv4Address(msg.get("address"))
+                if addr in self.cidr:
+                    used.add((int(addr) - int(self.cidr.network_address)) // 4)
             slot = pick_slot(used, self.slots, self._cursor)
             if slot is None:
                 raise RuntimeFailure(f"no free addresses left in the sandbox network {self.cidr}")
@@ -230,6 +235,7 @@ class SandboxNetworks:
             # Before any address: no IPv6 link-local for the sandbox to talk to.
             _sysctl(f"/proc/sys/net/ipv6/conf/{names.veth}/disable_ipv6", "1")
             _sysctl(f"/proc/sys/net/ipv4/conf/{names.veth}/forwarding", "1")
+            _sysctl(f"/proc/sys/net/ipv4/conf/{names.veth}/rp_filter", "1")
             await ipr.link("set", index=index, ifalias=self.alias(sandbox_id))
             await ipr.addr("add", index=index, address=att.gateway, prefixlen=PREFIX)
             await ipr.link("set", index=index, state="up")
@@ -238,6 +244,8 @@ class SandboxNetworks:
         return att
 
     async def _configure_inside(self, ns_fd: int, att: Attachment) -> None:
+        # IPv4 only: no IPv6 address (link-local included) exists to send from.
+        await netns.write_sysctls(ns_fd, IPV6_OFF)
         sock = await netns.netlink_socket(ns_fd)
         async with AsyncIPRoute(fileno=sock.detach()) as ipr:
             (lo,) = await ipr.link_lookup(ifname="lo")
@@ -249,12 +257,28 @@ class SandboxNetworks:
 
     async def set_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         """Replace the policy in one transaction; new connections see it at once,
-        open ones (already accepted) go on."""
+        open ones (already accepted) go on. Addresses the sandbox resolved are
+        re-classified under the new domain rules in the same transaction."""
+        names = self.names(sandbox_id)
+        resolved: tuple[netrules.Resolved, netrules.Resolved] = ({}, {})
+        before = self.domains.book.get(sandbox_id)
+        previous = before.policy if before is not None else None
+        if policy.has_domains:
+            att = await self.address(sandbox_id)
+            if att is None:
+                raise InvalidState(f"sandbox {sandbox_id} has no network to set a policy on")
+            resolved = self.domains.register(sandbox_id, names, att.address, policy)
+        else:
+            self.domains.forget(sandbox_id)
+        ports = self.domains.ports
         try:
             await self.nft.run(
-                netrules.replace_policy(self.names(sandbox_id), policy, self.resolver)
+                netrules.replace_policy(names, policy, self.resolver, ports, resolved)
             )
+            self.domains.published(sandbox_id, resolved)
         except NftError as exc:
+            # The kernel kept the old policy: so does the book.
+            self.domains.rollback(sandbox_id, before, previous)
             if "No such file or directory" in str(exc):
                 raise InvalidState(
                     f"sandbox {sandbox_id} has no network to set a policy on"
@@ -281,7 +305,8 @@ class SandboxNetworks:
     async def detach(self, sandbox_id: str) -> None:
         """Remove the link (its addresses go with it) and the rules; idempotent."""
         names = self.names(sandbox_id)
-        await asyncio.to_thread(rtnl.delete_link, names.veth)
+        self.domains.forget(sandbox_id)
+        await _netlink(lambda: _delete_link(names.veth))
         try:
             await self.nft.run(netrules.remove_sandbox(names))
         except NftError:
@@ -295,10 +320,19 @@ class SandboxNetworks:
 
     async def leftovers(self, sandbox_id: str) -> list[str]:
         names = self.names(sandbox_id)
-        found: list[str] = []
-        if _link_exists(names.veth):
+        found: list[str] = self.domains.leftovers(sandbox_id)
+        if await _netlink(lambda: _link_exists(names.veth)):
             found.append(f"network link {names.veth}")
-        found += await asyncio.to_thread(_nft_leftovers, self.nft, names)
+        nft = self.nft
+        for kind, ident in netrules.sandbox_objects(names):
+            if await asyncio.to_thread(nft.list_sync, kind, **ident) is not None:
+                found.append(f"nft {kind} {netrules.FAMILY} {netrules.TABLE} {ident['name']}")
+        for kind, name in netrules.MAPS:
+            listing = await asyncio.to_thread(
+                nft.list_sync, kind, family=netrules.FAMILY, table=netrules.TABLE, name=name
+            )
+            if listing is not None and names.veth in element_keys(listing, kind):
+                found.append(f"nft {kind} {name} element {names.veth}")
         return found
 
     async def ids(self) -> set[str]:
@@ -308,40 +342,18 @@ class SandboxNetworks:
         return {a[len(prefix) :] for a in aliases if a.startswith(prefix)}
 
 
-def _nft_leftovers(nft: Nft, names: Names) -> list[str]:
-    """The sandbox's nft objects and map entries that still exist.
-
-    Chains and sets are listed all at once, without rules or elements: one
-    chain listed by name comes with the rules of the whole table, which costs
-    more than every chain without them (12+ vs 4 ms at 500 sandboxes). Each
-    listing is its own call: nft fills its cache for the first of a batch only.
-    """
-    existing: set[tuple[str, object]] = set()
-    for kind in ("chain", "set"):
-        for item in nft.run_sync([{"list": {f"{kind}s": {"family": netrules.FAMILY}}}]):
-            body = item.get(kind)
-            if isinstance(body, dict) and body.get("table") == netrules.TABLE:
-                existing.add((kind, body.get("name")))
-    found = [
-        f"nft {kind} {netrules.FAMILY} {netrules.TABLE} {obj['name']}"
-        for kind, obj in netrules.sandbox_objects(names)
-        if (kind, obj["name"]) in existing
-    ]
-    for kind, name in netrules.MAPS:
-        listing = nft.list_sync(kind, family=netrules.FAMILY, table=netrules.TABLE, name=name)
-        if listing is not None and names.veth in netrules.element_keys(listing, kind):
-            found.append(f"nft {kind} {name} element {names.veth}")
-    return found
+async def _delete_link(name: str) -> None:
+    async with AsyncIPRoute() as ipr:
+        try:
+            await ipr.link("del", ifname=name)
+        except NetlinkError as exc:
+            if exc.code != _ENODEV:
+                raise
 
 
-def _link_exists(name: str) -> bool:
-    """One ioctl in the host's namespace: a netlink round on a thread of its
-    own costs 20-50 ms on a busy host, on every destroy."""
-    try:
-        socket.if_nametoindex(name)
-    except OSError:
-        return False
-    return True
+async def _link_exists(name: str) -> bool:
+    async with AsyncIPRoute() as ipr:
+        return bool(await ipr.link_lookup(ifname=name))
 
 
 async def _link_aliases() -> list[str]:
@@ -364,22 +376,3 @@ async def together(*steps: Awaitable[object]) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-
-class _HostLock:
-    """The host-wide lock on address allocation (an flock; taken off the event loop)."""
-
-    def __init__(self) -> None:
-        self._fd = -1
-
-    async def __aenter__(self) -> None:
-        LOCK_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            await asyncio.to_thread(fcntl.flock, self._fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(self._fd)
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        os.close(self._fd)  # closing releases the lock

@@ -123,3 +123,20 @@ class Nft:
             if "No such file or directory" in str(exc):
                 return None
             raise
+
+
+def element_keys(listing: list[Command], kind: str) -> set[str]:
+    """The keys (plain, or of ``{"elem": {"val": ...}}`` members) in the output
+    of ``list set``/``list map`` when they are strings (interface names)."""
+    keys: set[str] = set()
+    for item in listing:
+        body = item.get(kind)
+        if not isinstance(body, dict):
+            continue
+        for elem in body.get("elem") or []:
+            key = elem[0] if isinstance(elem, list) else elem
+            if isinstance(key, dict) and isinstance(key.get("elem"), dict):
+                key = key["elem"].get("val")
+            if isinstance(key, str):
+                keys.add(key)
+    return keys

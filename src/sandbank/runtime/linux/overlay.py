@@ -22,11 +22,13 @@ def prepare_upper(disk_point: Path, owner: int) -> tuple[Path, Path]:
     return upper, work
 
 
-def mount_overlay(lower: Path, upper: Path, work: Path, point: Path) -> None:
-    for p in (lower, upper, work):
+def mount_overlay(lower: Path | list[Path], upper: Path, work: Path, point: Path) -> None:
+    """``lower``: one tree, or a stack of them topmost first (a template built on another)."""
+    lowers = lower if isinstance(lower, list) else [lower]
+    for p in (*lowers, upper, work):
         mounts.check_option_safe(p)
     # nodev: device nodes are only usable through the /dev runc builds.
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    options = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
     kernel.mount("overlay", point, "overlay", kernel.MS_NODEV, options)
 
 

@@ -17,8 +17,11 @@ from sandbank.runtime.linux import disk, fsflags, oci, overlay
 from sandbank.runtime.linux.layout import SandboxDir
 
 
-def assemble(box: SandboxDir, lower: Path, hostname: str, mark: Callable[[str], None]) -> None:
-    """Mount the disk image and the overlay on it; write the sandbox's name."""
+def assemble(
+    box: SandboxDir, lower: list[Path], hostname: str, mark: Callable[[str], None]
+) -> None:
+    """Mount the disk image and the overlay on it (``lower``: the template's trees,
+    topmost first); write the sandbox's name."""
     box.disk.mkdir()
     disk.mount_image(box.image, box.disk)
     mark("mount disk")

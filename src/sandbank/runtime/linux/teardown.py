@@ -72,8 +72,9 @@ async def _step(name: str, action: Callable[[], Awaitable[object]], errors: list
         errors.append(f"{name}: {exc}")
 
 
-async def destroy(target: Target) -> list[str]:
-    """Remove everything; returns the errors of steps that failed (for the log)."""
+async def destroy(target: Target, keep: frozenset[str] = frozenset()) -> list[str]:
+    """Remove everything but the files of the sandbox dir named in ``keep``
+    (a stop keeps the disk image); returns the errors of steps that failed."""
     errors: list[str] = []
     box, oci, sid = target.box, target.oci, target.sandbox_id
 
@@ -130,7 +131,16 @@ async def destroy(target: Target) -> list[str]:
         if still:
             raise RuntimeError(f"not removing {box.root}: {[str(m.point) for m in still]} mounted")
         fsflags.unseal(box.run)
-        await asyncio.to_thread(shutil.rmtree, box.root)
+        if not keep:
+            await asyncio.to_thread(shutil.rmtree, box.root)
+            return
+        for entry in box.root.iterdir():
+            if entry.name in keep:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                await asyncio.to_thread(shutil.rmtree, entry)
+            else:
+                entry.unlink()
 
     await _step("stop container", stop_container, errors)
     await _step("kill processes", kill_leftovers, errors)

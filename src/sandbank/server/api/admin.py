@@ -1,4 +1,4 @@
-"""API keys, tenant quotas and templates."""
+"""API keys and tenant quotas (templates: api/templates.py)."""
 
 from __future__ import annotations
 
@@ -62,19 +62,3 @@ async def set_quota(tenant: str, body: QuotaBody, svc: Svc, caller: Caller) -> Q
     require_admin(caller)
     await svc.keys.set_quota(QuotaRecord(tenant=tenant, **body.model_dump()))
     return body
-
-
-@router.get("/templates")
-async def list_templates(svc: Svc, caller: Caller) -> dict[str, Any]:
-    templates = await svc.sandboxes.templates()
-    return {
-        "data": [
-            {
-                "name": t.name,
-                "ready": t.ready,
-                "recipe_hash": t.recipe_hash,
-                "size_bytes": t.size_bytes,
-            }
-            for t in templates
-        ]
-    }

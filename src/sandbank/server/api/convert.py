@@ -35,6 +35,10 @@ def sandbox_out(
         killed_at=record.killed_at,
         kill_reason=record.kill_reason,
         network=network_out(record),
+        idle_timeout=record.idle_timeout,
+        on_timeout=record.on_timeout,
+        auto_resume=record.auto_resume,
+        error=record.error,
     )
 
 

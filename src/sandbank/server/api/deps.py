@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
 from sandbank.errors import ValidationFailed
 from sandbank.protocol.api import SANDBOX_ID_RE
@@ -13,6 +14,7 @@ from sandbank.server.service.keys import KeyService, Principal
 from sandbank.server.service.preview import PreviewGate
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.telemetry import Telemetry
+from sandbank.server.service.templates import TemplateService
 from sandbank.server.service.terminals import TerminalService
 
 
@@ -29,6 +31,7 @@ class Services:
 
     def terminal_token(self, sandbox_id: str) -> str | None:
         return None if self.terminals is None else self.terminals.token(sandbox_id)
+    templates: TemplateService | None = None
 
 
 def services(request: Request) -> Services:
@@ -36,7 +39,8 @@ def services(request: Request) -> Services:
     return svc
 
 
-def _bearer(request: Request) -> str | None:
+def api_key_of(request: HTTPConnection) -> str | None:
+    """The API key of a request or a WebSocket upgrade."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, value = header.partition(" ")
@@ -46,7 +50,7 @@ def _bearer(request: Request) -> str | None:
 
 
 async def principal(request: Request, svc: Annotated[Services, Depends(services)]) -> Principal:
-    return await svc.keys.authenticate(_bearer(request))
+    return await svc.keys.authenticate(api_key_of(request))
 
 
 def sandbox_id(sandbox_id: str) -> str:

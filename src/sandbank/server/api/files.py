@@ -6,7 +6,6 @@ Bodies stream straight between the HTTP connection and the agent, so a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -16,6 +15,8 @@ from sandbank.errors import ValidationFailed
 from sandbank.protocol.api import FileEntryOut, FileList, MkdirOut, MkdirRequest, MoveRequest
 from sandbank.server.api.convert import entry_out
 from sandbank.server.api.deps import Caller, SandboxId, Svc
+from sandbank.server.api.files_tree import streamed
+from sandbank.server.service.files import FileTreeService
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
 
@@ -24,23 +25,24 @@ User = Literal["user", "root"]
 
 @router.get("")
 async def read_file(
-    sandbox_id: SandboxId, svc: Svc, caller: Caller, path: str = Query(...)
+    sandbox_id: SandboxId,
+    svc: Svc,
+    caller: Caller,
+    path: str = Query(...),
+    format: Literal["bytes", "text"] = "bytes",
+    encoding: str | None = None,
 ) -> StreamingResponse:
-    channel = await svc.sandboxes.files(caller.tenant, sandbox_id)
-    chunks = channel.read_file(path)
-    # Pull the first chunk now: a missing file must be a 404, not a broken 200.
-    try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        first = b""
-
-    async def body() -> AsyncIterator[bytes]:
-        if first:
-            yield first
-        async for chunk in chunks:
-            yield chunk
-
-    return StreamingResponse(body(), media_type="application/octet-stream")
+    """The file's bytes. With ``format=text`` the whole file must decode as
+    ``encoding`` (default utf-8), else ``not_text`` (400) before any byte is sent."""
+    if format == "bytes":
+        if encoding is not None:
+            raise ValidationFailed("encoding applies to format=text only", field="encoding")
+        channel = await svc.sandboxes.files(caller.tenant, sandbox_id)
+        return await streamed(channel.read_file(path), "application/octet-stream")
+    name, chunks = await FileTreeService(svc.sandboxes).read_text(
+        caller.tenant, sandbox_id, path, encoding or "utf-8"
+    )
+    return await streamed(chunks, f"text/plain; charset={name}")
 
 
 @router.put("", response_model=FileEntryOut)

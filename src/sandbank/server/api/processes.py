@@ -3,7 +3,9 @@
 Output streams are NDJSON, one event a line, sent as they happen:
 ``start`` (pid), ``stdout``/``stderr`` (``data`` as UTF-8 text, plus ``data_b64``
 with the exact bytes whenever the text does not re-encode to them), ``truncated``
-(a stream hit its cap), and a final ``exit``.
+(a stream hit its cap), and a final ``exit``. With ``Accept: text/event-stream``
+the same events come as server-sent events (``event: <type>``, ``data: <json>``).
+The WebSocket form is in ``exec_ws``. See docs/processes.md.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from sandbank.errors import PayloadTooLarge
-from sandbank.protocol.api import (
-    ExecRequest,
+from sandbank.protocol.api import ExecRequest
+from sandbank.protocol.api_processes import (
     ProcessList,
     ProcessOut,
     SignalOut,
@@ -30,17 +34,19 @@ from sandbank.protocol.api import (
 from sandbank.runtime.base import JobInfo, OutputEvent
 from sandbank.server.api.convert import exec_params
 from sandbank.server.api.deps import Caller, SandboxId, Services, Svc
-from sandbank.server.service.processes import ProcessService, StartParams, closing
+from sandbank.server.service.processes import ProcessService, Started, StartParams, closing
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["processes"])
 
 NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
 #: Bytes one ``stdin`` request may carry (the agent's frames hold 16 MiB of base64).
 MAX_STDIN = 8 * 1024 * 1024
 _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "NDJSON events: start, stdout, stderr, truncated, exit",
-        "content": {NDJSON: {"schema": {"type": "string"}}},
+        "description": "NDJSON events: start, stdout, stderr, truncated, exit "
+        "(server-sent events with Accept: text/event-stream)",
+        "content": {NDJSON: {"schema": {"type": "string"}}, SSE: {"schema": {"type": "string"}}},
     }
 }
 #: No proxy buffering: every event goes out as it happens.
@@ -72,6 +78,8 @@ def process_out(info: JobInfo) -> ProcessOut:
         stdin=info.stdin,
         output_bytes=info.output_bytes,
         truncated=info.truncated,
+        env=info.env,
+        kind=info.kind,
     )
 
 
@@ -94,45 +102,122 @@ def _exit(info: JobInfo | None) -> dict[str, Any]:
     }
 
 
-async def ndjson(
-    events: AsyncIterator[OutputEvent], first: dict[str, Any] | None = None
-) -> AsyncIterator[bytes]:
-    """Events as lines; text decoded per stream so a character split across
-    chunks is not mangled."""
+async def event_dicts(events: AsyncIterator[OutputEvent]) -> AsyncIterator[dict[str, Any]]:
+    """The wire events of an output stream; text decoded per stream so a
+    character split across chunks is not mangled."""
     decoders = {
         "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
         "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
     }
-    if first is not None:
-        yield _line(first)
     async with closing(events):
         async for event in events:
             if event.kind in decoders:
-                text = decoders[event.kind].decode(event.data)
+                decoder = decoders[event.kind]
+                if event.data.isascii() and not decoder.getstate()[0]:
+                    # The common case, and the hot path of large outputs: one pass.
+                    text = event.data.decode("ascii")
+                    exact = True
+                else:
+                    text = decoder.decode(event.data)
+                    exact = text.encode() == event.data
                 out: dict[str, Any] = {"type": event.kind, "data": text, "offset": event.offset}
-                if text.encode() != event.data:
+                if not exact:
                     out["data_b64"] = base64.b64encode(event.data).decode()
-                yield _line(out)
+                yield out
             elif event.kind == "truncated":
-                yield _line({"type": "truncated", "stream": event.stream, "offset": event.offset})
+                yield {"type": "truncated", "stream": event.stream, "offset": event.offset}
             elif event.kind == "exit":
-                yield _line({**_exit(event.info), "offset": event.offset})
+                yield {**_exit(event.info), "offset": event.offset}
 
 
-def _stream(body: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(body, media_type=NDJSON, headers=_STREAM_HEADERS)
+def _sse(event: dict[str, Any]) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (
+        str(event["type"]).encode(),
+        json.dumps(event, separators=(",", ":")).encode(),
+    )
+
+
+async def _encoded(
+    events: AsyncIterator[OutputEvent], first: dict[str, Any] | None, sse: bool
+) -> AsyncIterator[bytes]:
+    encode = _sse if sse else _line
+    if first is not None:
+        yield encode(first)
+    async for event in event_dicts(events):
+        yield encode(event)
+
+
+def _wants_sse(request: Request) -> bool:
+    return SSE in request.headers.get("accept", "")
+
+
+def _stream(
+    request: Request,
+    events: AsyncIterator[OutputEvent],
+    first: dict[str, Any] | None = None,
+    started: Started | None = None,
+) -> StreamingResponse:
+    sse = _wants_sse(request)
+    body = _encoded(events, first, sse)
+    media = SSE if sse else NDJSON
+    if started is None:
+        return StreamingResponse(body, media_type=media, headers=_STREAM_HEADERS)
+    return ForegroundResponse(started, body, media_type=media, headers=_STREAM_HEADERS)
+
+
+def unwrap(failed: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The failure of a task group of two where one failed and the other was
+    cancelled: that one failure is the news."""
+    return failed.exceptions[0] if len(failed.exceptions) == 1 else failed
+
+
+class ForegroundResponse(StreamingResponse):
+    """The stream of a foreground command, which ends with it: however the
+    response ends before the exit (the client left before the first byte or
+    mid-stream, or the send failed), the command's stream is closed, which
+    kills it. The client is watched for the whole response, also while the
+    command is silent."""
+
+    def __init__(self, started: Started, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = started
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def stream() -> None:
+                    await self.stream_response(send)
+                    group.cancel_scope.cancel()
+
+                async def watch() -> None:
+                    await self.listen_for_disconnect(receive)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream)
+                group.start_soon(watch)
+        except BaseExceptionGroup as failed:
+            cause = unwrap(failed)
+            if not isinstance(cause, OSError):  # OSError: the client left during a send
+                raise cause from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                close = getattr(self.body_iterator, "aclose", None)
+                if close is not None:
+                    await close()
+                await self.started.close()
 
 
 @router.post("/exec/stream", response_class=StreamingResponse, responses=_STREAM_DOC)
 async def exec_stream(
-    sandbox_id: SandboxId, body: ExecRequest, svc: Svc, caller: Caller
+    request: Request, sandbox_id: SandboxId, body: ExecRequest, svc: Svc, caller: Caller
 ) -> StreamingResponse:
-    started = await _processes(svc).run_streamed(
-        caller.tenant,
-        sandbox_id,
-        exec_params(body),
+    """Run a command and stream its output as it happens. The command is
+    foreground: a client that leaves before its exit takes it along."""
+    started = await _processes(svc).run_streamed(caller.tenant, sandbox_id, exec_params(body))
+    return _stream(
+        request, started.events, {"type": "start", "pid": started.info.pid}, started=started
     )
-    return _stream(ndjson(started.events, {"type": "start", "pid": started.info.pid}))
 
 
 @router.post("/processes", status_code=201, response_model=ProcessOut)
@@ -152,6 +237,7 @@ async def start_process(
             timeout=body.timeout,
             stdin=body.stdin,
             stdin_data=None if body.stdin_data is None else body.stdin_data.encode(),
+            max_output=body.max_output,
         ),
     )
     return process_out(info)
@@ -172,6 +258,7 @@ async def get_process(sandbox_id: SandboxId, pid: int, svc: Svc, caller: Caller)
 
 @router.get("/processes/{pid}/output", response_class=StreamingResponse, responses=_STREAM_DOC)
 async def process_output(
+    request: Request,
     sandbox_id: SandboxId,
     pid: int,
     svc: Svc,
@@ -180,7 +267,7 @@ async def process_output(
     follow: bool = False,
 ) -> StreamingResponse:
     events = await _processes(svc).output(caller.tenant, sandbox_id, pid, offset, follow)
-    return _stream(ndjson(events))
+    return _stream(request, events)
 
 
 @router.post("/processes/{pid}/wait", response_model=ProcessOut)

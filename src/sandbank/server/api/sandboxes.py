@@ -43,6 +43,10 @@ async def create_sandbox(body: CreateSandboxRequest, svc: Svc, caller: Caller) -
             metadata=body.metadata or {},
             timeout=body.timeout,
             network=body.network_policy(),
+            snapshot=body.snapshot,
+            idle_timeout=body.idle_timeout,
+            on_timeout=body.on_timeout,
+            auto_resume=body.auto_resume,
         ),
     )
     return sandbox_out(record, svc.base_url, svc.terminal_token(record.id))
@@ -79,11 +83,10 @@ async def list_sandboxes(
 
 @router.get("/{sandbox_id}", response_model=SandboxOut)
 async def get_sandbox(sandbox_id: SandboxId, svc: Svc, caller: Caller) -> SandboxOut:
-    return sandbox_out(
-        await svc.sandboxes.get(caller.tenant, sandbox_id),
-        svc.base_url,
-        svc.terminal_token(sandbox_id),
-    )
+    record = await svc.sandboxes.get(caller.tenant, sandbox_id)
+    out = sandbox_out(record, svc.base_url, svc.terminal_token(sandbox_id))
+    out.disk_bytes = await svc.sandboxes.lifecycle.disk_bytes(record)
+    return out
 
 
 @router.delete("/{sandbox_id}", status_code=204)

@@ -32,6 +32,11 @@ class CreateParams:
     metadata: dict[str, str] = field(default_factory=dict)
     timeout: int | None = None
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    #: Id or name of a snapshot whose disk the sandbox starts from.
+    snapshot: str | None = None
+    idle_timeout: int | None = None
+    on_timeout: str | None = None
+    auto_resume: bool = False
 
 
 @dataclass(frozen=True)

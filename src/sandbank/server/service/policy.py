@@ -29,6 +29,8 @@ class Limits:
     exec_timeout_max: int
     pids_limit: int
     exec_max_output: int = 64 * 1024 * 1024
+    #: Bytes of each stream a process (background or streamed) keeps for replay.
+    process_max_output: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -51,7 +52,15 @@ class Endpoints(Protocol):
 
 
 class PreviewGate:
-    def __init__(self, store: Store, runtime: Endpoints, secret_file: Path) -> None:
+    def __init__(
+        self,
+        store: Store,
+        runtime: Endpoints,
+        secret_file: Path,
+        touch: Callable[[str], None] | None = None,
+    ) -> None:
+        #: Called with the sandbox id on every request let through (idle timeouts).
+        self._touch = touch
         self._store = store
         self._runtime = runtime
         self._secret_file = secret_file
@@ -83,4 +92,6 @@ class PreviewGate:
         )
         if record is None or not allowed or record.status != SandboxState.RUNNING:
             raise SandboxNotFound(f"sandbox {sandbox_id} does not exist", sandbox_id=sandbox_id)
+        if self._touch is not None:
+            self._touch(sandbox_id)
         return await self._runtime.endpoint(sandbox_id, port)

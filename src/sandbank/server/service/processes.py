@@ -1,32 +1,27 @@
 """Processes inside a running sandbox: streamed foreground commands and
 background processes addressed by pid.
 
-Both run on the channel's background-process primitives. A streamed command
-is foreground: when its reader stops early (the client went away) its whole
-process group is killed. A background process outlives every request.
+Both run on the channel's process primitives and are listed alike. A streamed
+command is foreground: its output stream is tied to the connection to the
+agent, and closing that stream before the exit (the client went away at any
+moment, or the server died) kills its whole process group, in the agent. A
+background process outlives every request and every server.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import math
 import signal as signals
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sandbank.errors import Conflict, NotFound, ProcessNotFound, SandbankError, ValidationFailed
+from sandbank.errors import NotFound, ProcessNotFound, SandbankError, ValidationFailed
 from sandbank.runtime.base import JobInfo, JobSpec, OutputEvent, SandboxChannel
 from sandbank.server.service.params import ExecParams
 from sandbank.server.service.sandboxes import SandboxService
 from sandbank.server.service.shell import command_argv
-
-log = logging.getLogger(__name__)
-
-#: Kills of abandoned foreground commands, kept referenced until they finish.
-_REAPERS: set[asyncio.Task[None]] = set()
 
 
 @contextlib.asynccontextmanager
@@ -52,14 +47,22 @@ class StartParams:
     timeout: float = 0
     stdin: Literal["none", "open"] = "none"
     stdin_data: bytes | None = None
+    #: Bytes kept of each stream; None: the server's ``process_max_output``.
+    max_output: int | None = None
 
 
 @dataclass(frozen=True)
 class Started:
-    """A foreground command that has started: its pid, then its events."""
+    """A foreground command that has started: its pid, then its events.
+    ``close()`` before the ``exit`` event kills it (so does dropping it)."""
 
     info: JobInfo
     events: AsyncIterator[OutputEvent]
+
+    async def close(self) -> None:
+        close = getattr(self.events, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def argv_of(cmd: list[str] | None, command: str | None) -> list[str]:
@@ -132,6 +135,12 @@ class ProcessService:
                 "give stdin_data (input up front) or stdin 'open' (fed later), not both",
                 field="stdin",
             )
+        cap = self._sandboxes.limits.process_max_output
+        if params.max_output is not None and not 0 <= params.max_output <= cap:
+            raise ValidationFailed(
+                f"max_output must be between 0 and {cap} bytes (the server's cap)",
+                field="max_output",
+            )
         env, channel = await self._channel(tenant, sandbox_id)
         spec = JobSpec(
             cmd=argv_of(params.cmd, params.command),
@@ -142,17 +151,27 @@ class ProcessService:
             timeout=params.timeout or None,
             stdin="bytes" if params.stdin_data is not None else params.stdin,
             stdin_data=params.stdin_data,
+            max_output=cap if params.max_output is None else params.max_output,
+            show_env=tuple(sorted(params.env)),
         )
         return await channel.start(spec)
 
-    async def run_streamed(self, tenant: str, sandbox_id: str, params: ExecParams) -> Started:
-        """Start a foreground command; its events follow as they happen."""
+    async def run_streamed(
+        self, tenant: str, sandbox_id: str, params: ExecParams, *, open_stdin: bool = False
+    ) -> Started:
+        """Start a foreground command; its events follow as they happen.
+        ``open_stdin`` keeps its stdin open for ``send_stdin`` (instead of
+        ``params.stdin`` up front, or nothing)."""
         limits = self._sandboxes.limits
         check_timeout(params.timeout)
         if params.timeout > limits.exec_timeout_max:
             raise ValidationFailed(
                 f"exec timeout must be at most {limits.exec_timeout_max} seconds",
                 field="timeout",
+            )
+        if open_stdin and params.stdin is not None:
+            raise ValidationFailed(
+                "give stdin (input up front) or an open stdin, not both", field="stdin"
             )
         env, channel = await self._channel(tenant, sandbox_id, "exec in")
         spec = JobSpec(
@@ -161,28 +180,20 @@ class ProcessService:
             cwd=params.cwd,
             user=params.user,
             timeout=params.timeout or None,
-            stdin="none" if params.stdin is None else "bytes",
+            stdin="open" if open_stdin else "none" if params.stdin is None else "bytes",
             stdin_data=params.stdin,
-            max_output=limits.exec_max_output,
+            max_output=limits.process_max_output,
+            show_env=tuple(sorted(params.env)),
         )
-        info = await channel.start(spec)
-        return Started(info, self._foreground(channel, info.pid))
-
-    async def _foreground(self, channel: SandboxChannel, pid: int) -> AsyncIterator[OutputEvent]:
-        ended = False
+        events = channel.run(spec)
         try:
-            events = channel.attach(pid, 0, True)
-            async with closing(events):
-                async for event in events:
-                    ended = event.kind == "exit"
-                    yield event
-        finally:
-            if not ended:
-                # The reader is gone (or cancelled): the command goes with it. A
-                # task of its own, since this one may be being cancelled.
-                task = asyncio.get_running_loop().create_task(_kill_quietly(channel, pid))
-                _REAPERS.add(task)
-                task.add_done_callback(_REAPERS.discard)
+            first = await anext(aiter(events))
+        except StopAsyncIteration:
+            first = None
+        if first is None or first.kind != "start" or first.info is None:
+            await closing_now(events)
+            raise SandbankError("the sandbox did not report the start of the command")
+        return Started(first.info, events)
 
     # -- background processes ------------------------------------------------------------
 
@@ -248,10 +259,6 @@ class ProcessService:
         await self.signal(tenant, sandbox_id, pid, int(signals.SIGKILL))
 
 
-async def _kill_quietly(channel: SandboxChannel, pid: int) -> None:
-    try:
-        await channel.signal(pid, int(signals.SIGKILL))
-    except (Conflict, NotFound):
-        pass  # already ended
-    except SandbankError as exc:
-        log.warning("could not kill abandoned process %s: %s", pid, exc)
+async def closing_now(events: AsyncIterator[OutputEvent]) -> None:
+    async with closing(events):
+        pass

@@ -1,4 +1,5 @@
-"""Sandbox lifecycle: create, look up, list, kill, exec, files, deadlines.
+"""Sandbox lifecycle: create, look up, list, kill, deadlines (what is done with
+a live sandbox, exec, pause, its policy, is in ``sandbox_ops.py``).
 
 Every state change goes through the store with a compare-and-set on the
 status, and every runtime call that changes a sandbox runs under that
@@ -22,27 +23,27 @@ from sandbank.errors import (
 )
 from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.base import (
-    ExecResult,
-    ExecSpec,
     Runtime,
-    SandboxChannel,
     SandboxSpec,
-    SandboxUsage,
     TemplateInfo,
 )
+from sandbank.server.service import template_boot
+from sandbank.server.service.checkpoints import CheckpointService
+from sandbank.server.service.idle import IdleTracker, check_policy
 from sandbank.server.service.lifecycle import (
     ACTIVE,
     PUBLIC,
     VISIBLE,
     SandboxState,
-    require,
     sources_of,
 )
-from sandbank.server.service.params import CreateParams, ExecParams, Resolved, new_sandbox_id
-from sandbank.server.service.policy import Limits, Quota, check_quota, check_timeout, resolve
+from sandbank.server.service.lifecycle_ops import LifecycleOps
+from sandbank.server.service.params import CreateParams, Resolved, new_sandbox_id
+from sandbank.server.service.policy import Limits, Quota, check_quota, resolve
 from sandbank.server.service.pool import POOL_REASON, POOL_TENANT, PoolConfig, WarmPool
 from sandbank.server.service.recovery import Recovery
-from sandbank.server.service.shell import command_argv
+from sandbank.server.service.sandbox_ops import SandboxOperations
+from sandbank.server.service.snapshots import SnapshotService
 from sandbank.server.service.telemetry import Telemetry
 from sandbank.server.store.base import Page, SandboxRecord, Store
 
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 S = SandboxState
 
 
-class SandboxService:
+class SandboxService(SandboxOperations):
     def __init__(
         self,
         store: Store,
@@ -85,6 +86,13 @@ class SandboxService:
             create_slots=self._create_slots,
         )
         self._recovery = Recovery(store, runtime, clock, telemetry, kill=self._kill)
+        self.idle = IdleTracker(store, clock)
+        self.lifecycle = LifecycleOps(self)
+        self.snapshots = SnapshotService(self)
+        self.checkpoints = CheckpointService(
+            store, runtime, clock, quota, lock=self._lock, get=self.get, kill=self._kill,
+            tenant_lock=self._tenant_lock, create_slots=self._create_slots,
+        )  # fmt: skip
 
     # -- helpers -------------------------------------------------------------------
 
@@ -121,25 +129,29 @@ class SandboxService:
         record = await self._owned(tenant, sandbox_id)
         if record.status == S.KILLED:
             raise self._gone(record)
-        return record
-
-    async def _running(self, tenant: str, sandbox_id: str, operation: str) -> SandboxRecord:
-        record = await self.get(tenant, sandbox_id)
-        require(record.status, frozenset({S.RUNNING}), operation, sandbox_id)
+        self.idle.touch(sandbox_id)
         return record
 
     # -- create ----------------------------------------------------------------------
 
     async def create(self, tenant: str, params: CreateParams) -> SandboxRecord:
+        check_policy(self._limits, params.idle_timeout, params.on_timeout)
+        return await self.lifecycle.apply_policy(await self._create(tenant, params), params)
+
+    async def _create(self, tenant: str, params: CreateParams) -> SandboxRecord:
+        if params.snapshot is not None:
+            want, snapshot_id = await self.snapshots.resolve_create(tenant, params)
+            return await self._create_cold(tenant, want, snapshot_id=snapshot_id)
         want = resolve(self._limits, params)
+        want, template = await template_boot.apply(self._runtime, want)
         await self._runtime.ensure_template(want.template)
-        if not self.pool.serves(want.template, want.disk_gb):
+        if template_boot.needs_boot(template) or not self.pool.serves(want.template, want.disk_gb):
             self._telemetry.missed(want.template, "not_pooled")
         else:
             handed = await self._hand_out(tenant, want)
             if handed is not None:
                 return handed
-        return await self._create_cold(tenant, want)
+        return await self._create_cold(tenant, want, template)
 
     async def _check_quota(self, tenant: str, want: Resolved) -> None:
         override, usage = await self._store.quota_and_usage(tenant, ACTIVE)
@@ -224,7 +236,13 @@ class SandboxService:
             raise failure
         return None
 
-    async def _create_cold(self, tenant: str, want: Resolved) -> SandboxRecord:
+    async def _create_cold(
+        self,
+        tenant: str,
+        want: Resolved,
+        template: TemplateInfo | None = None,
+        snapshot_id: str | None = None,
+    ) -> SandboxRecord:
         now = self._clock()
         sandbox_id = new_sandbox_id()
         record = SandboxRecord(
@@ -252,7 +270,12 @@ class SandboxService:
             started = self._clock()
             try:
                 async with self._create_slots:
-                    await self._runtime.create(self._spec(sandbox_id, want))
+                    if snapshot_id is None:
+                        await self._runtime.create(self._spec(sandbox_id, want))
+                    else:
+                        await self.snapshots.start_copy(snapshot_id, self._spec(sandbox_id, want))
+                if template is not None and template_boot.needs_boot(template):
+                    await template_boot.boot(self._runtime.channel(sandbox_id), template, want.env)
             except BaseException as exc:
                 await self._fail(sandbox_id, exc)
                 raise
@@ -302,39 +325,6 @@ class SandboxService:
             tenant=tenant, statuses=statuses, metadata=metadata, limit=limit, cursor=cursor
         )
 
-    async def set_timeout(self, tenant: str, sandbox_id: str, seconds: int) -> SandboxRecord:
-        check_timeout(self._limits, seconds)
-        record = await self.get(tenant, sandbox_id)
-        require(
-            record.status,
-            frozenset({S.CREATING, S.RUNNING, S.PAUSED}),
-            "set the timeout of",
-            sandbox_id,
-        )
-        now = self._clock()
-        updated = await self._store.update_sandbox(
-            sandbox_id,
-            {"expires_at": now + timedelta(seconds=seconds), "updated_at": now},
-            only_from=[S.CREATING, S.RUNNING, S.PAUSED],
-        )
-        if updated is None:
-            return await self.get(tenant, sandbox_id)
-        return updated
-
-    async def set_network(
-        self, tenant: str, sandbox_id: str, policy: NetworkPolicy
-    ) -> SandboxRecord:
-        """Replace the egress policy of a running sandbox; stored once in force."""
-        async with self._lock(sandbox_id):
-            await self._running(tenant, sandbox_id, "change the network of")
-            await self._runtime.set_network_policy(sandbox_id, policy)
-            updated = await self._store.update_sandbox(
-                sandbox_id,
-                {"network": policy.to_dict(), "updated_at": self._clock()},
-                only_from=[S.RUNNING],
-            )
-        return updated or await self.get(tenant, sandbox_id)
-
     # -- kill ------------------------------------------------------------------------
 
     async def kill(self, tenant: str, sandbox_id: str, reason: str = "deleted") -> None:
@@ -366,96 +356,18 @@ class SandboxService:
                 {"status": S.KILLED, "killed_at": now, "kill_reason": reason, "updated_at": now},
             )
         self._locks.pop(sandbox_id, None)
+        self.idle.forget(sandbox_id)
         self._telemetry.killed(reason, was_running)
-
-    # -- pause / resume ----------------------------------------------------------------
-
-    async def pause(self, tenant: str, sandbox_id: str) -> SandboxRecord:
-        """Freeze a running sandbox; pausing a paused one changes nothing."""
-        async with self._lock(sandbox_id):
-            record = await self.get(tenant, sandbox_id)
-            if record.status == S.PAUSED:
-                return record
-            require(record.status, frozenset({S.RUNNING}), "pause", sandbox_id)
-            await self._runtime.pause(sandbox_id)
-            updated = await self._store.update_sandbox(
-                sandbox_id,
-                {"status": S.PAUSED, "updated_at": self._clock()},
-                only_from=[S.RUNNING],
-            )
-        return updated or await self.get(tenant, sandbox_id)
-
-    async def resume(self, tenant: str, sandbox_id: str) -> SandboxRecord:
-        """Thaw a paused sandbox; resuming a running one changes nothing."""
-        async with self._lock(sandbox_id):
-            record = await self.get(tenant, sandbox_id)
-            if record.status == S.RUNNING:
-                return record
-            require(record.status, frozenset({S.PAUSED}), "resume", sandbox_id)
-            await self._runtime.resume(sandbox_id)
-            updated = await self._store.update_sandbox(
-                sandbox_id,
-                {"status": S.RUNNING, "updated_at": self._clock()},
-                only_from=[S.PAUSED],
-            )
-        return updated or await self.get(tenant, sandbox_id)
-
-    # -- inside the sandbox -------------------------------------------------------------
-
-    async def exec(self, tenant: str, sandbox_id: str, params: ExecParams) -> ExecResult:
-        record = await self._running(tenant, sandbox_id, "exec in")
-        if params.timeout > self._limits.exec_timeout_max:
-            raise ValidationFailed(
-                f"exec timeout must be at most {self._limits.exec_timeout_max} seconds",
-                field="timeout",
-            )
-        if params.cmd is not None:
-            argv = list(params.cmd)
-        elif params.command is not None:
-            argv = command_argv(params.command)
-        else:
-            raise ValidationFailed("give cmd (an argv list) or command (a shell string)")
-        spec = ExecSpec(
-            cmd=argv,
-            env={**record.env, **params.env},
-            cwd=params.cwd,
-            user=params.user,
-            timeout=params.timeout or None,
-            stdin=params.stdin,
-            max_output=self._limits.exec_max_output,
-        )
-        result = await self._runtime.channel(sandbox_id).exec(spec)
-        self._telemetry.executed(result.duration_ms / 1000)
-        return result
-
-    async def channel(
-        self, tenant: str, sandbox_id: str, operation: str
-    ) -> tuple[SandboxRecord, SandboxChannel]:
-        """A running sandbox's record and channel, for operations inside it."""
-        record = await self._running(tenant, sandbox_id, operation)
-        return record, self._runtime.channel(sandbox_id)
-
-    @property
-    def limits(self) -> Limits:
-        return self._limits
-
-    async def files(self, tenant: str, sandbox_id: str) -> SandboxChannel:
-        await self._running(tenant, sandbox_id, "access files of")
-        return self._runtime.channel(sandbox_id)
-
-    async def templates(self) -> list[TemplateInfo]:
-        return await self._runtime.templates()
-
-    async def usage(self, tenant: str, sandbox_id: str) -> SandboxUsage:
-        await self._running(tenant, sandbox_id, "read metrics of")
-        return await self._runtime.usage(sandbox_id)
 
     # -- deadlines and recovery ------------------------------------------------------------
 
     async def sweep(self) -> list[str]:
-        """Kill every sandbox whose deadline passed; returns their ids."""
-        return await self._recovery.sweep()
+        """Kill every sandbox whose deadline passed, then apply idle timeouts;
+        returns the ids of the sandboxes acted on."""
+        return await self._recovery.sweep() + await self.idle.sweep(self.lifecycle.idle_actions())
 
     async def reconcile(self) -> dict[str, list[str]]:
         """Bring the store and the host into agreement after a (re)start."""
-        return await self._recovery.reconcile()
+        report = await self._recovery.reconcile()
+        report["snapshot_orphans"] = await self.snapshots.cleanup_orphans()
+        return report

@@ -30,6 +30,30 @@ class SandboxRecord:
     error: str | None = None
     #: The egress policy, as ``NetworkPolicy.to_dict``; empty: the default.
     network: dict[str, Any] = field(default_factory=dict)
+    #: Seconds without activity after which ``on_timeout`` happens; None: never.
+    idle_timeout: int | None = None
+    #: ``kill`` or ``pause``: what the idle timeout does.
+    on_timeout: str = "kill"
+    #: Operations on a paused sandbox resume it instead of answering 409.
+    auto_resume: bool = False
+    #: Last API, exec or preview activity, as last flushed (see service/idle.py).
+    last_activity_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A copy of a sandbox's writable layer; independent of the sandbox once made."""
+
+    id: str
+    tenant: str
+    name: str
+    sandbox_id: str
+    template: str
+    disk_gb: int
+    size_bytes: int
+    created_at: datetime
+    #: Holds the sandbox's processes and memory too (a checkpoint), not only its disk.
+    memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +134,29 @@ class Store(Protocol):
         """The tenant's quota override and ``usage`` in one round trip: every
         create reads both under its tenant's lock."""
         ...
+
+    async def set_last_activity(self, times: Mapping[str, datetime]) -> None:
+        """``last_activity_at`` of many sandboxes in one transaction."""
+        ...
+
+    async def idle_candidates(self, statuses: Iterable[str]) -> list[SandboxRecord]:
+        """Sandboxes in ``statuses`` that have an idle timeout."""
+        ...
+
+    # snapshots
+    async def insert_snapshot(self, record: SnapshotRecord) -> None:
+        """Raises Conflict when the tenant has a snapshot of that name."""
+        ...
+
+    async def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None: ...
+
+    async def snapshot_by_name(self, tenant: str, name: str) -> SnapshotRecord | None: ...
+
+    async def list_snapshots(
+        self, tenant: str | None, sandbox_id: str | None = None
+    ) -> list[SnapshotRecord]: ...
+
+    async def delete_snapshot(self, snapshot_id: str) -> bool: ...
 
     # keys
     async def insert_key(self, record: ApiKeyRecord) -> None: ...

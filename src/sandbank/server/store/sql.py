@@ -15,23 +15,26 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, func, insert, select, update
+from sqlalchemy import Connection, bindparam, event, func, insert, select, update
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from sandbank.errors import BadRequest
+from sandbank.errors import BadRequest, Conflict
 from sandbank.server.store.base import (
     ApiKeyRecord,
     Page,
     QuotaRecord,
     SandboxRecord,
+    SnapshotRecord,
     TenantUsage,
 )
-from sandbank.server.store.tables import api_keys, quotas, sandboxes
+from sandbank.server.store.tables import api_keys, quotas, sandboxes, snapshots
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _SANDBOX_FIELDS = [f.name for f in fields(SandboxRecord)]
 _KEY_FIELDS = [f.name for f in fields(ApiKeyRecord)]
+_SNAPSHOT_FIELDS = [f.name for f in fields(SnapshotRecord)]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -58,6 +61,11 @@ def _sandbox(row: Row[Any]) -> SandboxRecord:
 def _key(row: Row[Any]) -> ApiKeyRecord:
     data = row._mapping
     return ApiKeyRecord(**{name: data[name] for name in _KEY_FIELDS})
+
+
+def _snapshot(row: Row[Any]) -> SnapshotRecord:
+    data = row._mapping
+    return SnapshotRecord(**{name: data[name] for name in _SNAPSHOT_FIELDS})
 
 
 def _encode_cursor(seq: int) -> str:
@@ -190,6 +198,65 @@ class SqlStore:
         if all(limit is None for limit in limits):
             return None, usage
         return QuotaRecord(tenant, *limits), usage
+
+    async def set_last_activity(self, times: Mapping[str, datetime]) -> None:
+        if not times:
+            return
+        stmt = (
+            update(sandboxes)
+            .where(sandboxes.c.id == bindparam("sid"))
+            .values(last_activity_at=bindparam("at"))
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt, [{"sid": k, "at": v} for k, v in times.items()])
+
+    async def idle_candidates(self, statuses: Iterable[str]) -> list[SandboxRecord]:
+        stmt = select(sandboxes).where(
+            sandboxes.c.idle_timeout.is_not(None), sandboxes.c.status.in_(list(statuses))
+        )
+        async with self._engine.connect() as conn:
+            return [_sandbox(r) for r in (await conn.execute(stmt)).all()]
+
+    # -- snapshots ---------------------------------------------------------------
+
+    async def insert_snapshot(self, record: SnapshotRecord) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(snapshots).values(**asdict(record)))
+        except IntegrityError as exc:
+            raise Conflict(
+                f"a snapshot named {record.name!r} exists already; pick another name",
+                name=record.name,
+            ) from exc
+
+    async def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(snapshots).where(snapshots.c.id == snapshot_id))
+            ).first()
+        return _snapshot(row) if row else None
+
+    async def snapshot_by_name(self, tenant: str, name: str) -> SnapshotRecord | None:
+        stmt = select(snapshots).where(snapshots.c.tenant == tenant, snapshots.c.name == name)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return _snapshot(row) if row else None
+
+    async def list_snapshots(
+        self, tenant: str | None, sandbox_id: str | None = None
+    ) -> list[SnapshotRecord]:
+        stmt = select(snapshots).order_by(snapshots.c.seq)
+        if tenant is not None:
+            stmt = stmt.where(snapshots.c.tenant == tenant)
+        if sandbox_id is not None:
+            stmt = stmt.where(snapshots.c.sandbox_id == sandbox_id)
+        async with self._engine.connect() as conn:
+            return [_snapshot(r) for r in (await conn.execute(stmt)).all()]
+
+    async def delete_snapshot(self, snapshot_id: str) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(snapshots.delete().where(snapshots.c.id == snapshot_id))
+        return bool(result.rowcount)
 
     # -- keys --------------------------------------------------------------------
 

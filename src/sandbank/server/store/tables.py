@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -66,6 +67,26 @@ sandboxes = Table(
     Column("kill_reason", String(64), nullable=True),
     Column("error", Text, nullable=True),
     Column("network", JSON, nullable=False, server_default="{}"),
+    Column("idle_timeout", Integer, nullable=True),
+    Column("on_timeout", String(16), nullable=False, server_default="kill"),
+    Column("auto_resume", Boolean, nullable=False, server_default="0"),
+    Column("last_activity_at", UTCDateTime(), nullable=True),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("name", String(128), nullable=False),
+    Column("sandbox_id", String(64), nullable=False, index=True),
+    Column("template", String(128), nullable=False),
+    Column("disk_gb", Integer, nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("memory", Boolean, nullable=False, server_default="0"),
+    UniqueConstraint("tenant", "name", name="uq_snapshots_tenant_name"),
 )
 
 api_keys = Table(
