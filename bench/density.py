@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -233,8 +234,8 @@ async def exec_rtt(url: str, key: str, sid: str, n: int, warm: bool = True) -> l
 
 
 async def in_turn(
-    concurrency: int, items: list[str], job, progress: str = ""
-) -> list[tuple[int, float]]:  # type: ignore[no-untyped-def]
+    concurrency: int, items: list[str], job: Callable[[str], Awaitable[float]], progress: str = ""
+) -> list[tuple[int, float]]:
     """``job(item)`` for each item, ``concurrency`` at a time: (position, seconds) each."""
     queue = asyncio.Queue[tuple[int, str]]()
     for pos, item in enumerate(items):
@@ -288,8 +289,10 @@ async def phase(srv, state: str, n: int, concurrency: int, settle: float) -> lis
             before = meminfo()
             rows.append(f"server at 0 sandboxes: {server_stats(server_pid)}")
             one: list[float] = []
+            alone: list[tuple[int, float]] = []
             if state == "running":  # exec on a sandbox alone on the host
-                sid, _ = await create_one(http, 3600)
+                sid, took = await create_one(http, 3600)
+                alone.append((-1, took))
                 ids.append(sid)
                 one = await exec_rtt(srv.url, srv.api_key, sid, 50)
 
@@ -299,7 +302,9 @@ async def phase(srv, state: str, n: int, concurrency: int, settle: float) -> lis
                 return took
 
             started = time.perf_counter()
-            creates = await in_turn(concurrency, [""] * (n - len(ids)), create, "created")
+            to_fill = n - len(ids)
+            creates = await in_turn(concurrency, [""] * to_fill, create, "created")
+            creates = alone + creates
             fill = time.perf_counter() - started
             entered: list[tuple[int, float]] = []
             enter = 0.0
@@ -344,8 +349,8 @@ async def phase(srv, state: str, n: int, concurrency: int, settle: float) -> lis
     left = measure.leftovers(ids)
 
     rows.append(f"reached {len(ids)} {state}; created in {fill:.1f} s "
-                f"({len(creates) / fill:.1f}/s)" + (f", {ENTER[state]}d in {enter:.1f} s "
-                f"({n / enter:.1f}/s)" if state in ENTER else ""))  # fmt: skip
+                f"({to_fill / max(fill, 1e-6):.1f}/s)" + (f", {ENTER[state]}d in {enter:.1f} s "
+                f"({n / max(enter, 1e-6):.1f}/s)" if state in ENTER else ""))  # fmt: skip
     rows.append(f"{'host memory (meminfo delta)':<34}{'total':>12}{'per sandbox':>14}")
     for field in MEMINFO_FIELDS:
         delta = after[field] - before[field]
