@@ -309,7 +309,10 @@ class SandboxNetworks:
         try:
             await self.nft.run(netrules.remove_sandbox(names))
         except NftError:
-            # Some were gone already (a half-made or half-removed sandbox): one at a time.
+            # Some were gone already: all of them after a hibernation (which
+            # detached the sandbox), or part of a half-made or half-removed one.
+            if not await asyncio.to_thread(_nft_leftovers, self.nft, names):
+                return
             for cmd in netrules.remove_sandbox(names):
                 try:
                     await self.nft.run([cmd])
