@@ -36,6 +36,7 @@ import secrets
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from sandbank.errors import BadRequest, CheckpointFailed, RuntimeFailure, Sandbo
 from sandbank.protocol.agent import HANDOFF_NAME
 from sandbank.runtime import _proc
 from sandbank.runtime.agent_client import AgentClient
-from sandbank.runtime.linux import criu, fsflags, oci
+from sandbank.runtime.linux import criu, fsflags, oci, phases
 from sandbank.runtime.linux.cgroups import Cgroup
 from sandbank.runtime.linux.layout import SandboxDir
 from sandbank.runtime.linux.ocicli import OciCli
@@ -189,6 +190,7 @@ async def dump(
     cgroup: Cgroup,
     *,
     leave_running: bool,
+    mark: Callable[[str], None] = phases.ignore,
 ) -> Meta:
     """Park the agent and checkpoint the container into ``images``; with
     ``leave_running``, a copy of the disk image goes with them. On failure the
@@ -213,14 +215,19 @@ async def dump(
     wake_fd = int(parked["wake_fd"])
     mark_parked(box, wake_fd)
     meta = Meta(sandbox_id, log_key, wake_fd, leave_running, time.time())
+    mark("park")
     dumped = False
     try:
         await _wait_no_sockets(pid)
+        mark("parked wait")
         if not await cgroup.freeze_wait():
             raise CheckpointFailed(f"sandbox {sandbox_id} did not freeze for its checkpoint")
+        mark("freeze")
         if leave_running:
             await asyncio.to_thread(_syncfs, box.disk)
+            mark("syncfs")
             await copy_sparse(box.image, images / DISK_COPY)
+            mark("disk copy")
         options = [f"external {log_key}", "network-lock skip"]
         env = criu.write_config(images / "dump.conf", options)
         argv = [ocicli.binary, "--root", str(ocicli.root), "--criu", criu_binary, "checkpoint"]
@@ -235,6 +242,7 @@ async def dump(
                 f"checkpoint of sandbox {sandbox_id} failed, it keeps running: {why}"
             )
         dumped = True
+        mark("criu dump")
     finally:
         if leave_running or not dumped:
             # Still there (left running, or the dump failed): thawed, and the
@@ -243,6 +251,7 @@ async def dump(
                 cgroup.thaw()
             if await ocicli.init_process(sandbox_id) is not None:
                 await hand_over(box, pid, wake_fd)
+            mark("thaw, hand over")
     meta.save(images)
     return meta
 
@@ -254,6 +263,7 @@ async def restore(
     box: SandboxDir,
     images: Path,
     meta: Meta,
+    mark: Callable[[str], None] = phases.ignore,
 ) -> tuple[int, int]:
     """``runc restore`` of ``images`` as container ``sandbox_id`` from the bundle
     ``box`` (config, mounted rootfs, sealed run dir); returns its init (pid, start)."""
@@ -279,6 +289,7 @@ async def restore(
             raise RuntimeFailure(f"restoring sandbox {sandbox_id} failed: {why}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    mark("criu restore")
     agent = await ocicli.init_process(sandbox_id)
     if agent is None:
         raise RuntimeFailure(f"sandbox {sandbox_id} stopped right after its restore")

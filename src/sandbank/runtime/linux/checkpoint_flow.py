@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,16 @@ from sandbank.protocol.agent import SOCKET_DIR
 from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.agent_client import AgentClient
 from sandbank.runtime.base import SandboxSpec
-from sandbank.runtime.linux import checkpoint, criu, customize, fsflags, oci, rootfs, teardown
+from sandbank.runtime.linux import (
+    checkpoint,
+    criu,
+    customize,
+    fsflags,
+    oci,
+    phases,
+    rootfs,
+    teardown,
+)
 from sandbank.runtime.linux.cgroups import Cgroup, Limits
 from sandbank.runtime.linux.layout import SandboxDir, SandboxRecord, check_id
 
@@ -91,7 +101,9 @@ class Checkpointer:
         binary = self._binary()
         rt = self.rt
         box = rt._box(check_id(sandbox_id))
+        mark = phases.Phases()
         async with rt._lock(sandbox_id):
+            mark("lock")
             if SandboxRecord.load(box.record) is None:
                 raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
             cgroup = rt._live_cgroup(sandbox_id)
@@ -101,10 +113,12 @@ class Checkpointer:
             if images.exists():
                 shutil.rmtree(images)
             checkpoint.make_images_dir(images)
+            mark("images dir")
             try:
                 await checkpoint.dump(
-                    rt.ocicli, binary, sandbox_id, box, images, cgroup, leave_running=leave_running
-                )
+                    rt.ocicli, binary, sandbox_id, box, images, cgroup,
+                    leave_running=leave_running, mark=mark,
+                )  # fmt: skip
             except BaseException:
                 shutil.rmtree(images, ignore_errors=True)
                 raise
@@ -115,6 +129,8 @@ class Checkpointer:
                 # runc removed the container and its cgroups; make sure of the cgroups.
                 for cg in rt._target(sandbox_id).cgroups:
                     await cg.remove()
+                mark("detach")
+            mark.log("fork-dump" if leave_running else "hibernate", sandbox_id)
             return str(images)
 
     async def restore(
@@ -135,7 +151,9 @@ class Checkpointer:
         in_place = meta.source == sandbox_id and origin is None
         if not in_place and not meta.with_disk:
             raise InvalidState("a hibernation checkpoint can only wake its own sandbox")
+        mark = phases.Phases()
         async with rt._lock(sandbox_id):
+            mark("lock")
             if in_place:
                 if rt.ocicli.state_dir(sandbox_id).exists():
                     # Left by a wake that was cut off (a server crash): start over.
@@ -146,17 +164,21 @@ class Checkpointer:
             try:
                 if not in_place:
                     await self._clone_box(
-                        origin or Origin.of_fork(rt._box(meta.source), images), sandbox_id, box
-                    )
+                        origin or Origin.of_fork(rt._box(meta.source), images), sandbox_id, box,
+                        mark,
+                    )  # fmt: skip
                 pid, start = await checkpoint.restore(
-                    rt.ocicli, binary, sandbox_id, box, images, meta
+                    rt.ocicli, binary, sandbox_id, box, images, meta, mark
                 )
                 cgroup = rt._live_cgroup(sandbox_id)
                 self._apply_limits(sandbox_id, box, cgroup)
                 # Saved frozen (see checkpoint.dump), so restored frozen.
                 cgroup.thaw()
+                mark("limits, thaw")
                 await rt.network.attach(sandbox_id, pid, start, network or NetworkPolicy())
+                mark("network")
                 await checkpoint.hand_over(box, pid, meta.wake_fd)
+                mark("hand over")
             except BaseException as exc:
                 if in_place:
                     # Back to hibernated: nothing of the attempt may stay running.
@@ -171,6 +193,8 @@ class Checkpointer:
             rt._channels[sandbox_id] = AgentClient(box.socket)
             if in_place:
                 shutil.rmtree(images, ignore_errors=True)
+            rt.timings[sandbox_id] = dict(mark.marks)
+            mark.log("wake" if in_place else "restore", sandbox_id)
 
     def _apply_limits(self, sandbox_id: str, box: SandboxDir, cgroup: Cgroup) -> None:
         """The limits the sandbox has now (its record), not those of its bundle:
@@ -230,7 +254,9 @@ class Checkpointer:
             with contextlib.suppress(Exception):
                 await cg.remove()
 
-    async def _clone_box(self, origin: Origin, sandbox_id: str, box: SandboxDir) -> None:
+    async def _clone_box(
+        self, origin: Origin, sandbox_id: str, box: SandboxDir, mark: Callable[[str], None]
+    ) -> None:
         """A new sandbox dir like the source's: its own disk copy, mounts, run dir and cgroup."""
         rt = self.rt
         record = SandboxRecord.load(origin.record)
@@ -247,11 +273,12 @@ class Checkpointer:
             **origin.limits,  # type: ignore[arg-type]
         )
         record.save(box.record)
+        mark("record")
         await checkpoint.copy_sparse(origin.disk, box.image)
+        mark("disk copy")
         lowers = [Path(part) for part in record.lower.split(":")]  # topmost first
-        await asyncio.to_thread(
-            rootfs.assemble, box, lowers, record.hostname, lambda _phase: None
-        )
+        await asyncio.to_thread(rootfs.assemble, box, lowers, record.hostname, phases.ignore)
+        mark("rootfs")
         box.run.mkdir(mode=0o755)
         fsflags.seal(box.run)
         config["linux"]["cgroupsPath"] = cgroups_path
@@ -259,6 +286,7 @@ class Checkpointer:
             if mount.get("destination") == SOCKET_DIR:
                 mount["source"] = str(box.run)
         box.config.write_text(json.dumps(config, separators=(",", ":")))
+        mark("config")
 
     async def discard(self, image: str) -> None:
         """Remove a fork's images once its copies are made (idempotent)."""
