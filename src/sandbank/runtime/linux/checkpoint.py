@@ -16,9 +16,9 @@ What has to be arranged around CRIU, and why:
 * The agent's stdout/stderr is agent.log on the host, outside the sandbox's
   mounts: declared external at dump, and the new sandbox's log is put in its
   place at restore (``inherit-fd``, through runc's own stdout).
-* The network namespace is saved with its ``eth0``; CRIU recreates that veth
-  with a nameless peer on the host, which is removed and replaced by a fresh
-  link (``network.attach``), so a restored sandbox gets an address of its own.
+* The network namespace is saved and restored empty (``NET_EMPTY``) and gets
+  a fresh link (``network.attach``), so a restored sandbox gets an address of
+  its own.
 * The image directory is readable by the sandbox's root group: CRIU restores
   the time namespace from inside the new user namespace.
 """
@@ -55,6 +55,12 @@ META = "meta.json"
 PARKED = "parked.json"
 DISK_COPY = "disk.img"
 HANDOVER_SECONDS = 10.0
+#: The network namespace is saved and restored empty (no link, address, route,
+#: rule, sysctl or conntrack entry): a restored sandbox gets a fresh link and
+#: address anyway (``network.attach``, which also brings ``lo`` up and turns
+#: IPv6 off again), and the patched criu then skips two walks of the host's
+#: conntrack table (~10 ms each) per dump.
+NET_EMPTY = ("--empty-ns", "network")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -233,7 +239,7 @@ async def dump(
         argv = [ocicli.binary, "--root", str(ocicli.root), "--criu", criu_binary, "checkpoint"]
         if leave_running:
             argv.append("--leave-running")
-        argv += ["--image-path", str(images), "--work-path", str(images), sandbox_id]
+        argv += [*NET_EMPTY, "--image-path", str(images), "--work-path", str(images), sandbox_id]
         result = await _proc.run(argv, env=env, timeout=300, check=False)
         if result.returncode != 0:
             why = _criu_errors(images / "dump.log") or _proc.tail(result.stderr or result.stdout)
@@ -274,7 +280,7 @@ async def restore(
         env = criu.write_config(work / "restore.conf", [f"inherit-fd fd[1]:{meta.log_key}"])
         argv = [
             ocicli.binary, "--root", str(ocicli.root), "--criu", criu_binary, "restore",
-            "--detach", "--image-path", str(images), "--work-path", str(work),
+            "--detach", *NET_EMPTY, "--image-path", str(images), "--work-path", str(work),
             "--bundle", str(box.root), sandbox_id,
         ]  # fmt: skip
         with open(box.log, "ab") as log:
