@@ -45,6 +45,7 @@ from sandbank.runtime.linux import (
     rootfs,
     teardown,
 )
+from sandbank.runtime.linux import network as network_mod
 from sandbank.runtime.linux.cgroups import Cgroup, Limits
 from sandbank.runtime.linux.layout import SandboxDir, SandboxRecord, check_id
 
@@ -161,24 +162,35 @@ class Checkpointer:
             else:
                 if box.root.exists() or rt.ocicli.state_dir(sandbox_id).exists():
                     raise InvalidState(f"sandbox {sandbox_id} already exists")
+            policy = network or NetworkPolicy()
+            # The rules need no process: they are made while criu works.
+            rules = asyncio.ensure_future(rt.network.add_rules(sandbox_id, policy))
             try:
-                if not in_place:
-                    await self._clone_box(
-                        origin or Origin.of_fork(rt._box(meta.source), images), sandbox_id, box,
-                        mark,
-                    )  # fmt: skip
-                pid, start = await checkpoint.restore(
-                    rt.ocicli, binary, sandbox_id, box, images, meta, mark
-                )
+                try:
+                    if not in_place:
+                        await self._clone_box(
+                            origin or Origin.of_fork(rt._box(meta.source), images),
+                            sandbox_id, box, mark,
+                        )  # fmt: skip
+                    pid, start = await checkpoint.restore(
+                        rt.ocicli, binary, sandbox_id, box, images, meta, mark
+                    )
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await rules  # finished before the cleanup removes them
+                    raise
+                await rules
                 cgroup = rt._live_cgroup(sandbox_id)
                 self._apply_limits(sandbox_id, box, cgroup)
                 # Saved frozen (see checkpoint.dump), so restored frozen.
                 cgroup.thaw()
                 mark("limits, thaw")
-                await rt.network.attach(sandbox_id, pid, start, network or NetworkPolicy())
-                mark("network")
-                await checkpoint.hand_over(box, pid, meta.wake_fd)
-                mark("hand over")
+                # The agent takes its socket while the link is made.
+                await network_mod.together(
+                    rt.network.attach(sandbox_id, pid, start, policy, rules_added=True),
+                    checkpoint.hand_over(box, pid, meta.wake_fd),
+                )
+                mark("network, hand over")
             except BaseException as exc:
                 if in_place:
                     # Back to hibernated: nothing of the attempt may stay running.
