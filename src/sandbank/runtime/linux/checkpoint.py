@@ -197,6 +197,7 @@ async def dump(
     *,
     leave_running: bool,
     mark: Callable[[str], None] = phases.ignore,
+    on_disk_copied: Callable[[], None] | None = None,
 ) -> Meta:
     """Park the agent and checkpoint the container into ``images``; with
     ``leave_running``, a copy of the disk image goes with them. On failure the
@@ -205,6 +206,8 @@ async def dump(
     The sandbox is frozen here (the cgroup freezer, polled every 0.5 ms), not
     by criu (which polls every 100 ms): criu finds it frozen and leaves it so,
     and the disk copy and the memory are of the same instant.
+    ``on_disk_copied`` is called once the disk copy is made, as criu starts
+    (fork copies are prepared from it meanwhile).
     """
     agent = await ocicli.init_process(sandbox_id)
     if agent is None:
@@ -234,6 +237,8 @@ async def dump(
             mark("syncfs")
             await copy_sparse(box.image, images / DISK_COPY)
             mark("disk copy")
+            if on_disk_copied is not None:
+                on_disk_copied()
         options = [f"external {log_key}", "network-lock skip"]
         env = criu.write_config(images / "dump.conf", options)
         argv = [ocicli.binary, "--root", str(ocicli.root), "--criu", criu_binary, "checkpoint"]

@@ -167,7 +167,9 @@ class CheckpointService:
                 current = await self._get(tenant, sandbox_id)
                 require(current.status, frozenset({S.RUNNING}), "fork", sandbox_id)
                 took("lock, get")
-                image = await self._runtime.checkpoint(sandbox_id, leave_running=True)
+                image = await self._runtime.checkpoint(
+                    sandbox_id, leave_running=True, copies=[c.id for c in copies]
+                )
                 took("checkpoint")
         except BaseException as exc:
             for copy in copies:
