@@ -10,7 +10,7 @@ Each fork's phases (the service's, the source's dump, each copy's restore) are
 read from the server's log and printed as medians per phase; ``http`` is the
 time the SDK call took beyond the service's own total.
 
-    .venv/bin/python bench/checkpoint.py [--fork-only] [-n 5]
+    .venv/bin/python bench/checkpoint.py [--fork-only] [-n 5] [--fives 3]
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fork-only", action="store_true", help="only the forks")
     parser.add_argument("-n", type=int, default=FORKS_OF_ONE, help="forks into 1 per case")
+    parser.add_argument("--fives", type=int, default=FORKS_OF_FIVE, help="forks into 5")
     args = parser.parse_args()
     with (
         running_server("checkpoint", log_level="info") as srv,
@@ -124,7 +125,7 @@ def main() -> None:
                 copy.kill()
         fork_one: list[float] = []
         fork_five: list[float] = []
-        cases = ((1, fork_one, args.n), (5, fork_five, FORKS_OF_FIVE))
+        cases = ((1, fork_one, args.n), (5, fork_five, args.fives))
         for count, samples, reps in cases:
             for _ in range(reps):
                 t0 = time.perf_counter()
