@@ -44,7 +44,7 @@ def summary(name: str, samples_s: list[float]) -> str:
 
 
 @contextmanager
-def running_server(name: str, **env: str) -> Iterator[ServerProcess]:
+def running_server(name: str, log_level: str = "warning", **env: str) -> Iterator[ServerProcess]:
     """A server on a scratch data dir; ``env`` adds SANDBANK_* settings (the
     warm pool is off unless SANDBANK_POOL_SIZE is given)."""
     data_dir = BENCH_ROOT / f"{name}-{os.getpid()}"
@@ -54,6 +54,7 @@ def running_server(name: str, **env: str) -> Iterator[ServerProcess]:
         api_key="sbk_bench_" + os.urandom(8).hex(),
         port=free_port(),
         extra_env={"SANDBANK_QUOTA_MAX_SANDBOXES": "1000", **env},
+        log_level=log_level,
     )
     srv.start()
     try:

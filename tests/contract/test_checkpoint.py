@@ -105,14 +105,16 @@ async def test_failed_checkpoint_leaves_the_sandbox_running(harness: Harness, ho
     assert (await _report(h, holder))[0] == secret
 
 
-async def test_fork_into_two(harness: Harness, holder: str) -> None:
+@pytest.mark.parametrize("named", [True, False], ids=["copies-named", "copies-unnamed"])
+async def test_fork_into_two(harness: Harness, holder: str, named: bool) -> None:
+    """Named at the checkpoint, the copies' dirs are made during the dump."""
     h, rt = harness, harness.rt
     secret, _ = await _report(h, holder)
     # Written just before: still in the page cache, not yet on the disk image.
     await h.out(holder, "head -c 3000000 /dev/urandom > ~/blob && sha256sum ~/blob > ~/blob.sum")
-    image = await rt.checkpoint(holder, leave_running=True)
     copies = [f"{holder}k{n}" for n in range(2)]
     h.ids.update(copies)
+    image = await rt.checkpoint(holder, leave_running=True, copies=copies if named else ())
     try:
         for copy in copies:
             await rt.restore_checkpoint(copy, image)
@@ -134,6 +136,22 @@ async def test_fork_into_two(harness: Harness, holder: str) -> None:
             await rt.destroy(copy)
     for copy in copies:
         assert await rt.leftovers(copy) == []
+
+
+async def test_failed_fork_leaves_none_of_its_copies(harness: Harness, holder: str) -> None:
+    h, rt = harness, harness.rt
+    job = await rt.channel(holder).start(JobSpec(cmd=["/bin/bash", "-c", TICKER]))
+    stream = rt.channel(holder).attach(job.pid, follow=True)
+    assert (await anext(stream)).kind == "stdout"
+    copies = [f"{holder}f{n}" for n in range(2)]
+    h.ids.update(copies)
+    with pytest.raises(CheckpointFailed, match="keeps running"):
+        await rt.checkpoint(holder, leave_running=True, copies=copies)
+    await stream.aclose()
+    for copy in copies:
+        assert await rt.leftovers(copy) == []
+        assert not (rt.sandboxes_dir / copy).exists()
+    assert await h.out(holder, "echo still here") == "still here"
 
 
 async def test_tcp_listener_survives_and_established_connection_refuses(

@@ -28,6 +28,8 @@ class ServerProcess:
     port: int
     extra_env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    #: ``info`` makes the server log each fork's phases (bench/checkpoint.py reads them).
+    log_level: str = "warning"
 
     @property
     def url(self) -> str:
@@ -68,7 +70,7 @@ class ServerProcess:
                 "--data-dir",
                 str(self.data_dir),
                 "--log-level",
-                "warning",
+                self.log_level,
             ],
             env=self.env(),
             stdout=log,

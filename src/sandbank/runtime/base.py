@@ -9,7 +9,7 @@ return are data classes in ``types.py``, re-exported here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from sandbank.protocol.network import NetworkPolicy
@@ -243,11 +243,15 @@ class Runtime(Protocol):
         """Why checkpoints cannot work on this host, or None when they can."""
         ...
 
-    async def checkpoint(self, sandbox_id: str, *, leave_running: bool = False) -> str:
+    async def checkpoint(
+        self, sandbox_id: str, *, leave_running: bool = False, copies: Sequence[str] = ()
+    ) -> str:
         """Save the running sandbox's processes and memory; returns the image.
         Without ``leave_running`` (hibernation) the sandbox stops running and
         holds no memory; its disk stays. With it, the image also carries a copy
-        of the disk and can make new sandboxes. Raises CheckpointFailed (the
+        of the disk and can make new sandboxes; ``copies`` names those the
+        caller will restore it as (a runtime may prepare them meanwhile; a
+        failed checkpoint leaves none of them). Raises CheckpointFailed (the
         sandbox is then left running as it was), CheckpointUnsupported."""
         ...
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import posixpath
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from sandbank.errors import (
@@ -247,7 +247,9 @@ class FakeRuntime(FakeTemplates, FakeMemorySnapshots):
     def checkpoint_problem(self) -> str | None:
         return self.checkpoint_unsupported
 
-    async def checkpoint(self, sandbox_id: str, *, leave_running: bool = False) -> str:
+    async def checkpoint(
+        self, sandbox_id: str, *, leave_running: bool = False, copies: Sequence[str] = ()
+    ) -> str:
         if self.checkpoint_unsupported:
             raise CheckpointUnsupported(self.checkpoint_unsupported)
         box = self.boxes.get(sandbox_id)

@@ -16,9 +16,9 @@ What has to be arranged around CRIU, and why:
 * The agent's stdout/stderr is agent.log on the host, outside the sandbox's
   mounts: declared external at dump, and the new sandbox's log is put in its
   place at restore (``inherit-fd``, through runc's own stdout).
-* The network namespace is saved with its ``eth0``; CRIU recreates that veth
-  with a nameless peer on the host, which is removed and replaced by a fresh
-  link (``network.attach``), so a restored sandbox gets an address of its own.
+* The network namespace is saved and restored empty (``NET_EMPTY``) and gets
+  a fresh link (``network.attach``), so a restored sandbox gets an address of
+  its own.
 * The image directory is readable by the sandbox's root group: CRIU restores
   the time namespace from inside the new user namespace.
 """
@@ -36,6 +36,7 @@ import secrets
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from sandbank.errors import BadRequest, CheckpointFailed, RuntimeFailure, Sandbo
 from sandbank.protocol.agent import HANDOFF_NAME
 from sandbank.runtime import _proc
 from sandbank.runtime.agent_client import AgentClient
-from sandbank.runtime.linux import criu, fsflags, oci
+from sandbank.runtime.linux import criu, fsflags, oci, phases
 from sandbank.runtime.linux.cgroups import Cgroup
 from sandbank.runtime.linux.layout import SandboxDir
 from sandbank.runtime.linux.ocicli import OciCli
@@ -54,6 +55,12 @@ META = "meta.json"
 PARKED = "parked.json"
 DISK_COPY = "disk.img"
 HANDOVER_SECONDS = 10.0
+#: The network namespace is saved and restored empty (no link, address, route,
+#: rule, sysctl or conntrack entry): a restored sandbox gets a fresh link and
+#: address anyway (``network.attach``, which also brings ``lo`` up and turns
+#: IPv6 off again), and the patched criu then skips two walks of the host's
+#: conntrack table (~10 ms each) per dump.
+NET_EMPTY = ("--empty-ns", "network")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -189,6 +196,8 @@ async def dump(
     cgroup: Cgroup,
     *,
     leave_running: bool,
+    mark: Callable[[str], None] = phases.ignore,
+    on_disk_copied: Callable[[], None] | None = None,
 ) -> Meta:
     """Park the agent and checkpoint the container into ``images``; with
     ``leave_running``, a copy of the disk image goes with them. On failure the
@@ -197,6 +206,8 @@ async def dump(
     The sandbox is frozen here (the cgroup freezer, polled every 0.5 ms), not
     by criu (which polls every 100 ms): criu finds it frozen and leaves it so,
     and the disk copy and the memory are of the same instant.
+    ``on_disk_copied`` is called once the disk copy is made, as criu starts
+    (fork copies are prepared from it meanwhile).
     """
     agent = await ocicli.init_process(sandbox_id)
     if agent is None:
@@ -213,20 +224,27 @@ async def dump(
     wake_fd = int(parked["wake_fd"])
     mark_parked(box, wake_fd)
     meta = Meta(sandbox_id, log_key, wake_fd, leave_running, time.time())
+    mark("park")
     dumped = False
     try:
         await _wait_no_sockets(pid)
+        mark("parked wait")
         if not await cgroup.freeze_wait():
             raise CheckpointFailed(f"sandbox {sandbox_id} did not freeze for its checkpoint")
+        mark("freeze")
         if leave_running:
             await asyncio.to_thread(_syncfs, box.disk)
+            mark("syncfs")
             await copy_sparse(box.image, images / DISK_COPY)
+            mark("disk copy")
+            if on_disk_copied is not None:
+                on_disk_copied()
         options = [f"external {log_key}", "network-lock skip"]
         env = criu.write_config(images / "dump.conf", options)
         argv = [ocicli.binary, "--root", str(ocicli.root), "--criu", criu_binary, "checkpoint"]
         if leave_running:
             argv.append("--leave-running")
-        argv += ["--image-path", str(images), "--work-path", str(images), sandbox_id]
+        argv += [*NET_EMPTY, "--image-path", str(images), "--work-path", str(images), sandbox_id]
         result = await _proc.run(argv, env=env, timeout=300, check=False)
         if result.returncode != 0:
             why = _criu_errors(images / "dump.log") or _proc.tail(result.stderr or result.stdout)
@@ -235,6 +253,7 @@ async def dump(
                 f"checkpoint of sandbox {sandbox_id} failed, it keeps running: {why}"
             )
         dumped = True
+        mark("criu dump")
     finally:
         if leave_running or not dumped:
             # Still there (left running, or the dump failed): thawed, and the
@@ -243,6 +262,7 @@ async def dump(
                 cgroup.thaw()
             if await ocicli.init_process(sandbox_id) is not None:
                 await hand_over(box, pid, wake_fd)
+            mark("thaw, hand over")
     meta.save(images)
     return meta
 
@@ -254,6 +274,7 @@ async def restore(
     box: SandboxDir,
     images: Path,
     meta: Meta,
+    mark: Callable[[str], None] = phases.ignore,
 ) -> tuple[int, int]:
     """``runc restore`` of ``images`` as container ``sandbox_id`` from the bundle
     ``box`` (config, mounted rootfs, sealed run dir); returns its init (pid, start)."""
@@ -264,7 +285,7 @@ async def restore(
         env = criu.write_config(work / "restore.conf", [f"inherit-fd fd[1]:{meta.log_key}"])
         argv = [
             ocicli.binary, "--root", str(ocicli.root), "--criu", criu_binary, "restore",
-            "--detach", "--image-path", str(images), "--work-path", str(work),
+            "--detach", *NET_EMPTY, "--image-path", str(images), "--work-path", str(work),
             "--bundle", str(box.root), sandbox_id,
         ]  # fmt: skip
         with open(box.log, "ab") as log:
@@ -279,6 +300,7 @@ async def restore(
             raise RuntimeFailure(f"restoring sandbox {sandbox_id} failed: {why}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    mark("criu restore")
     agent = await ocicli.init_process(sandbox_id)
     if agent is None:
         raise RuntimeFailure(f"sandbox {sandbox_id} stopped right after its restore")

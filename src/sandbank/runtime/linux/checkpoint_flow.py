@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import shutil
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,12 +28,21 @@ from sandbank.errors import (
     RuntimeFailure,
     SandboxNotFound,
 )
-from sandbank.protocol.agent import SOCKET_DIR
 from sandbank.protocol.network import NetworkPolicy
 from sandbank.runtime.agent_client import AgentClient
 from sandbank.runtime.base import SandboxSpec
-from sandbank.runtime.linux import checkpoint, criu, customize, fsflags, oci, rootfs, teardown
+from sandbank.runtime.linux import (
+    checkpoint,
+    criu,
+    customize,
+    fork_copies,
+    oci,
+    phases,
+    teardown,
+)
+from sandbank.runtime.linux import network as network_mod
 from sandbank.runtime.linux.cgroups import Cgroup, Limits
+from sandbank.runtime.linux.fork_copies import Origin
 from sandbank.runtime.linux.layout import SandboxDir, SandboxRecord, check_id
 
 if TYPE_CHECKING:
@@ -44,26 +51,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Origin:
-    """What a new sandbox is cloned from besides the CRIU images."""
-
-    record: Path
-    config: Path
-    disk: Path
-    #: Fields of the runtime record to set on the clone (vcpu, memory_mb, pids_limit).
-    limits: dict[str, float | int] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def of_fork(cls, source: SandboxDir, images: Path) -> Origin:
-        return cls(source.record, source.config, images / checkpoint.DISK_COPY)
-
-
 class Checkpointer:
     def __init__(self, rt: LinuxRuntime, criu_binary: str | None = None) -> None:
         self.rt = rt
         self.configured = criu_binary
         self.criu = criu.Criu(None, "the runtime is not started")
+        self._removing: set[asyncio.Future[None]] = set()
+        #: Fork copies whose dir was made during the dump, and from which images.
+        self._prepared: dict[str, Path] = {}
 
     async def start(self) -> None:
         self.criu = await criu.detect(self.configured)
@@ -87,11 +82,18 @@ class Checkpointer:
         images = self.rt._box(sandbox_id).root / "hibernated"
         return images if (images / checkpoint.META).is_file() else None
 
-    async def checkpoint(self, sandbox_id: str, *, leave_running: bool) -> str:
+    async def checkpoint(
+        self, sandbox_id: str, *, leave_running: bool, copies: Sequence[str] = ()
+    ) -> str:
+        """``copies``: ids of the new sandboxes this fork will be restored as;
+        their dirs, disk copies and mounts are made while criu dumps, and
+        ``restore`` then only restores into them."""
         binary = self._binary()
         rt = self.rt
         box = rt._box(check_id(sandbox_id))
+        mark = phases.Phases()
         async with rt._lock(sandbox_id):
+            mark("lock")
             if SandboxRecord.load(box.record) is None:
                 raise SandboxNotFound(f"sandbox {sandbox_id} does not exist")
             cgroup = rt._live_cgroup(sandbox_id)
@@ -101,11 +103,28 @@ class Checkpointer:
             if images.exists():
                 shutil.rmtree(images)
             checkpoint.make_images_dir(images)
+            mark("images dir")
+            side: asyncio.Future[None] | None = None
+
+            def prepare_copies() -> None:
+                nonlocal side
+                side = asyncio.ensure_future(
+                    fork_copies.prepare(rt, self._prepared, box, images, copies)
+                )
+
             try:
                 await checkpoint.dump(
-                    rt.ocicli, binary, sandbox_id, box, images, cgroup, leave_running=leave_running
-                )
+                    rt.ocicli, binary, sandbox_id, box, images, cgroup,
+                    leave_running=leave_running, mark=mark,
+                    on_disk_copied=prepare_copies if copies and leave_running else None,
+                )  # fmt: skip
+                if side is not None:
+                    await side
+                    mark("copies ready")
             except BaseException:
+                if side is not None:
+                    await asyncio.wait([side])
+                    await fork_copies.drop(rt, self._prepared, copies)
                 shutil.rmtree(images, ignore_errors=True)
                 raise
             if not leave_running:
@@ -115,6 +134,8 @@ class Checkpointer:
                 # runc removed the container and its cgroups; make sure of the cgroups.
                 for cg in rt._target(sandbox_id).cgroups:
                     await cg.remove()
+                mark("detach")
+            mark.log("fork-dump" if leave_running else "hibernate", sandbox_id)
             return str(images)
 
     async def restore(
@@ -135,28 +156,46 @@ class Checkpointer:
         in_place = meta.source == sandbox_id and origin is None
         if not in_place and not meta.with_disk:
             raise InvalidState("a hibernation checkpoint can only wake its own sandbox")
+        mark = phases.Phases()
         async with rt._lock(sandbox_id):
+            mark("lock")
             if in_place:
                 if rt.ocicli.state_dir(sandbox_id).exists():
                     # Left by a wake that was cut off (a server crash): start over.
                     await self._stop_attempt(sandbox_id)
-            else:
-                if box.root.exists() or rt.ocicli.state_dir(sandbox_id).exists():
-                    raise InvalidState(f"sandbox {sandbox_id} already exists")
+            elif self._prepared.get(sandbox_id) != images and (
+                box.root.exists() or rt.ocicli.state_dir(sandbox_id).exists()
+            ):
+                raise InvalidState(f"sandbox {sandbox_id} already exists")
+            policy = network or NetworkPolicy()
+            # The rules need no process: they are made while criu works.
+            rules = asyncio.ensure_future(rt.network.add_rules(sandbox_id, policy))
             try:
-                if not in_place:
-                    await self._clone_box(
-                        origin or Origin.of_fork(rt._box(meta.source), images), sandbox_id, box
+                try:
+                    if not in_place and self._prepared.pop(sandbox_id, None) != images:
+                        await fork_copies.clone_box(
+                            rt, origin or Origin.of_fork(rt._box(meta.source), images),
+                            sandbox_id, box, mark,
+                        )  # fmt: skip
+                    pid, start = await checkpoint.restore(
+                        rt.ocicli, binary, sandbox_id, box, images, meta, mark
                     )
-                pid, start = await checkpoint.restore(
-                    rt.ocicli, binary, sandbox_id, box, images, meta
-                )
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await rules  # finished before the cleanup removes them
+                    raise
+                await rules
                 cgroup = rt._live_cgroup(sandbox_id)
                 self._apply_limits(sandbox_id, box, cgroup)
                 # Saved frozen (see checkpoint.dump), so restored frozen.
                 cgroup.thaw()
-                await rt.network.attach(sandbox_id, pid, start, network or NetworkPolicy())
-                await checkpoint.hand_over(box, pid, meta.wake_fd)
+                mark("limits, thaw")
+                # The agent takes its socket while the link is made.
+                await network_mod.together(
+                    rt.network.attach(sandbox_id, pid, start, policy, rules_added=True),
+                    checkpoint.hand_over(box, pid, meta.wake_fd),
+                )
+                mark("network, hand over")
             except BaseException as exc:
                 if in_place:
                     # Back to hibernated: nothing of the attempt may stay running.
@@ -171,6 +210,8 @@ class Checkpointer:
             rt._channels[sandbox_id] = AgentClient(box.socket)
             if in_place:
                 shutil.rmtree(images, ignore_errors=True)
+            rt.timings[sandbox_id] = dict(mark.marks)
+            mark.log("wake" if in_place else "restore", sandbox_id)
 
     def _apply_limits(self, sandbox_id: str, box: SandboxDir, cgroup: Cgroup) -> None:
         """The limits the sandbox has now (its record), not those of its bundle:
@@ -230,41 +271,21 @@ class Checkpointer:
             with contextlib.suppress(Exception):
                 await cg.remove()
 
-    async def _clone_box(self, origin: Origin, sandbox_id: str, box: SandboxDir) -> None:
-        """A new sandbox dir like the source's: its own disk copy, mounts, run dir and cgroup."""
-        rt = self.rt
-        record = SandboxRecord.load(origin.record)
-        config = json.loads(origin.config.read_text()) if origin.config.is_file() else None
-        if record is None or config is None:
-            raise SandboxNotFound(f"the source sandbox of checkpoint {origin.disk.parent} is gone")
-        box.root.mkdir(mode=0o711)
-        cgroups_path = f"{rt.cgroup_parent.rstrip('/')}/sandbank/{sandbox_id}"
-        record = dataclasses.replace(
-            record,
-            id=sandbox_id,
-            cgroups_path=cgroups_path,
-            created_at=time.time(),
-            **origin.limits,  # type: ignore[arg-type]
-        )
-        record.save(box.record)
-        await checkpoint.copy_sparse(origin.disk, box.image)
-        lowers = [Path(part) for part in record.lower.split(":")]  # topmost first
-        await asyncio.to_thread(
-            rootfs.assemble, box, lowers, record.hostname, lambda _phase: None
-        )
-        box.run.mkdir(mode=0o755)
-        fsflags.seal(box.run)
-        config["linux"]["cgroupsPath"] = cgroups_path
-        for mount in config["mounts"]:
-            if mount.get("destination") == SOCKET_DIR:
-                mount["source"] = str(box.run)
-        box.config.write_text(json.dumps(config, separators=(",", ":")))
-
     async def discard(self, image: str) -> None:
-        """Remove a fork's images once its copies are made (idempotent)."""
+        """Remove a fork's images once its copies are made (idempotent). The
+        caller need not wait for the files (100 MB of pages: ~8 ms): they are
+        renamed out of the way at once and removed in the background; what a
+        crash leaves goes with the source's dir."""
         path = Path(image)
         if path.name.startswith("fork-") and path.parent.parent == self.rt.sandboxes_dir:
-            await asyncio.to_thread(shutil.rmtree, path, True)
+            trash = path.with_name(f"discarded-{path.name}")
+            try:
+                path.rename(trash)
+            except FileNotFoundError:
+                return
+            task = asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, trash, True))
+            self._removing.add(task)
+            task.add_done_callback(self._removing.discard)
 
 
 class CheckpointMethods:
@@ -272,8 +293,12 @@ class CheckpointMethods:
 
     checkpoints: Checkpointer
 
-    async def checkpoint(self, sandbox_id: str, *, leave_running: bool = False) -> str:
-        return await self.checkpoints.checkpoint(sandbox_id, leave_running=leave_running)
+    async def checkpoint(
+        self, sandbox_id: str, *, leave_running: bool = False, copies: Sequence[str] = ()
+    ) -> str:
+        return await self.checkpoints.checkpoint(
+            sandbox_id, leave_running=leave_running, copies=copies
+        )
 
     async def restore_checkpoint(
         self, sandbox_id: str, image: str, *, network: NetworkPolicy | None = None

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from sandbank.errors import DiskFull, InvalidState, RuntimeFailure, SnapshotNotFound
 from sandbank.runtime.base import SandboxSpec
 from sandbank.runtime.linux import checkpoint, snapshots
-from sandbank.runtime.linux.checkpoint_flow import Origin
+from sandbank.runtime.linux.fork_copies import Origin
 from sandbank.runtime.linux.layout import SandboxRecord, check_id
 
 if TYPE_CHECKING:

@@ -187,15 +187,21 @@ class SandboxNetworks:
     # -- per sandbox -----------------------------------------------------------------------
 
     async def attach(
-        self, sandbox_id: str, pid: int, start: int | None, policy: NetworkPolicy
+        self,
+        sandbox_id: str,
+        pid: int,
+        start: int | None,
+        policy: NetworkPolicy,
+        *,
+        rules_added: bool = False,
     ) -> Attachment:
         """Give the running sandbox whose init is ``pid`` its link, addresses,
         route and policy. The rules exist before the link does: no packet of
-        the sandbox ever passes unfiltered."""
+        the sandbox ever passes unfiltered. ``rules_added``: ``add_rules`` ran
+        already (a restore adds them while criu works)."""
         names = self.names(sandbox_id)
-        ports = self.domains.ports
-        label = self.alias(sandbox_id)
-        await self.nft.run(netrules.add_sandbox(names, policy, self.resolver, ports, label))
+        if not rules_added:
+            await self.add_rules(sandbox_id, policy)
         ns_fd = netns.open_netns(pid, start)
         try:
             async with self._alloc, HostLock():
@@ -205,6 +211,13 @@ class SandboxNetworks:
         if policy.has_domains:
             self.domains.register(sandbox_id, names, att.address, policy)
         return att
+
+    async def add_rules(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """The sandbox's nftables rules, before it has a link (``detach`` removes them)."""
+        names = self.names(sandbox_id)
+        label = self.alias(sandbox_id)
+        ports = self.domains.ports
+        await self.nft.run(netrules.add_sandbox(names, policy, self.resolver, ports, label))
 
     async def close(self) -> None:
         """Stop the DNS forwarder and proxy (sandboxes with domain rules lose

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
@@ -37,6 +39,24 @@ S = SandboxState
 
 #: Copies one fork may make.
 MAX_FORK = 16
+
+
+class _Phases:
+    """Seconds per phase of one fork, logged at INFO for bench/checkpoint.py."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self._clock = self._started = time.monotonic()
+
+    def __call__(self, phase: str) -> None:
+        now = time.monotonic()
+        self.marks[phase] = now - self._clock
+        self._clock = now
+
+    def log(self, what: str) -> None:
+        ms = {k: round(v * 1000, 1) for k, v in self.marks.items()}
+        ms["total"] = round((time.monotonic() - self._started) * 1000, 1)
+        log.info("phases %s %s", what, json.dumps(ms))
 
 
 class CheckpointService:
@@ -129,21 +149,28 @@ class CheckpointService:
                 f"count must be between 1 and {MAX_FORK}, got {count}", field="count"
             )
         self._supported()
+        took = _Phases()
         source = await self._get(tenant, sandbox_id)
         require(source.status, frozenset({S.RUNNING}), "fork", sandbox_id)
         copies: list[SandboxRecord] = []
+        took("get")
         async with self._tenant_lock(tenant):
             for _ in range(count):
                 override, usage = await self._store.quota_and_usage(tenant, ACTIVE)
                 quota = self._quota.merged(override)
                 check_quota(tenant, quota, usage, source.vcpu, source.memory_mb)
                 copies.append(await self._insert_copy(source))
+        took("quota, insert")
         try:
             async with self._lock(sandbox_id):
                 # Still running now that no other operation on it is under way.
                 current = await self._get(tenant, sandbox_id)
                 require(current.status, frozenset({S.RUNNING}), "fork", sandbox_id)
-                image = await self._runtime.checkpoint(sandbox_id, leave_running=True)
+                took("lock, get")
+                image = await self._runtime.checkpoint(
+                    sandbox_id, leave_running=True, copies=[c.id for c in copies]
+                )
+                took("checkpoint")
         except BaseException as exc:
             for copy in copies:
                 await self._move(copy.id, S.ERROR, [S.CREATING], error=f"fork failed: {exc}")
@@ -153,8 +180,11 @@ class CheckpointService:
             results = await asyncio.gather(
                 *(self._restore_copy(c.id, image, policy) for c in copies), return_exceptions=True
             )
+            took("restores")
         finally:
             await self._runtime.discard_checkpoint(image)
+        took("discard")
+        took.log(f"fork-service {sandbox_id} into {count}")
         done = [r for r in results if isinstance(r, SandboxRecord)]
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
