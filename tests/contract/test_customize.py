@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import pytest
@@ -133,6 +134,27 @@ async def test_memory_below_current_use_is_refused(harness: Harness) -> None:
         assert cg.memory_limit() == 400 * MIB
     finally:
         await harness.rt.destroy(sid)
+
+
+async def test_customize_to_what_it_has_rewrites_nothing(harness: Harness) -> None:
+    """A pool member handed out with its own limits and name: no cgroup write, no
+    new runtime.json (the common hand-out, kept cheap)."""
+    spec = harness.spec(vcpu=1.0, memory_mb=512, pids_limit=1024, hostname="same-name")
+    sid = await harness.create(vcpu=1.0, memory_mb=512, pids_limit=1024, hostname="same-name")
+    try:
+        path = harness.rt.sandboxes_dir / sid / "runtime.json"
+        before, inode = await seen_inside(harness, sid), path.stat().st_ino
+        await harness.rt.customize(dataclasses.replace(spec, id=sid))
+        assert path.stat().st_ino == inode
+        assert await seen_inside(harness, sid) == before
+        # Any one number differing is written, and recorded.
+        await harness.rt.customize(dataclasses.replace(spec, id=sid, pids_limit=512))
+        assert path.stat().st_ino != inode
+        assert (await seen_inside(harness, sid))[5] == "512"
+        assert json.loads(path.read_text())["pids_limit"] == 512
+    finally:
+        await harness.rt.destroy(sid)
+    assert await harness.rt.leftovers(sid) == []
 
 
 async def test_customize_errors(harness: Harness) -> None:

@@ -187,18 +187,24 @@ class ProvisionMethods:
                     f"sandbox {spec.id} has a {record.disk_gb} GB disk; its size cannot change"
                 )
             hostname = customize.check_hostname(spec.hostname)
-            cg = self.cgroups.cgroup(record.cgroups_path)
-            limits = Limits(
-                cpu_quota=oci.cpu_quota(spec.vcpu), cpu_period=oci.CPU_PERIOD,
-                cpus=self._cpus.pick(spec.vcpu, cg.cpus()), memory=spec.memory_mb * oci.MIB,
-                no_swap=True, pids=self._pids(spec.pids_limit),
-            )  # fmt: skip
-            customize.set_limits(cg, limits, spec.id)
+            before = record
+            pids = self._pids(spec.pids_limit)
+            # A pool member handed out with the limits it was started with (the
+            # common case) keeps its cgroup as it is: nothing to write or record.
+            wanted = (spec.vcpu, spec.memory_mb, pids)
+            if wanted != (record.vcpu, record.memory_mb, record.pids_limit):
+                cg = self.cgroups.cgroup(record.cgroups_path)
+                limits = Limits(
+                    cpu_quota=oci.cpu_quota(spec.vcpu), cpu_period=oci.CPU_PERIOD,
+                    cpus=self._cpus.pick(spec.vcpu, cg.cpus()), memory=spec.memory_mb * oci.MIB,
+                    no_swap=True, pids=pids,
+                )  # fmt: skip
+                customize.set_limits(cg, limits, spec.id)
+                record = dataclasses.replace(
+                    record, vcpu=spec.vcpu, memory_mb=spec.memory_mb, pids_limit=pids
+                )
             if spec.network is not None:
                 await self.network.set_policy(spec.id, spec.network)
-            record = dataclasses.replace(
-                record, vcpu=spec.vcpu, memory_mb=spec.memory_mb, pids_limit=limits.pids
-            )
             try:
                 if hostname != record.hostname:
                     client = self._channels.get(spec.id) or self._client(box)
@@ -208,4 +214,5 @@ class ProvisionMethods:
                     record = dataclasses.replace(record, hostname=hostname)
             finally:
                 # The limits are in force whatever became of the name.
-                record.save(box.record)
+                if record != before:
+                    record.save(box.record)

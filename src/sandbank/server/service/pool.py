@@ -24,11 +24,11 @@ from typing import Any
 
 from sandbank.errors import SandbankError
 from sandbank.runtime.base import ExecSpec, Runtime, SandboxSpec
-from sandbank.server.service.lifecycle import SandboxState
+from sandbank.server.service.lifecycle import ACTIVE, SandboxState
 from sandbank.server.service.params import new_sandbox_id
 from sandbank.server.service.policy import Limits
 from sandbank.server.service.telemetry import Telemetry
-from sandbank.server.store.base import SandboxRecord, Store
+from sandbank.server.store.base import QuotaRecord, SandboxRecord, Store, TenantUsage
 
 log = logging.getLogger(__name__)
 
@@ -114,25 +114,34 @@ class WarmPool:
         return page.items
 
     async def claim(
-        self, candidates: list[SandboxRecord], changes: Callable[[str], Mapping[str, Any]]
+        self,
+        template: str,
+        disk_gb: int,
+        changes: Mapping[str, Any],
+        charge: Callable[[QuotaRecord | None, TenantUsage], None],
     ) -> SandboxRecord | None:
-        """Make the first of ``candidates`` still pooled ``running`` with
-        ``changes(member_id)`` applied, atomically; None if none is left. Wakes
-        the refill either way, once the claim is in the store (a pass must not
-        count the claimed one)."""
-        for member in candidates:
-            claimed = await self._store.update_sandbox(
-                member.id, {**changes(member.id), "status": S.RUNNING}, only_from=[S.POOLED]
-            )
-            if claimed is not None:
-                self._telemetry.pool_size.labels(template=member.template).dec()
-                self._last_hand_out = time.monotonic()
-                self._handed_out.set()
-                self.wake()
-                return claimed
-            # Another create (or a retire) took this one since it was listed.
+        """Make the oldest member of this template and disk size ``running`` with
+        ``changes`` applied, atomically; None if there is none. ``charge`` sees
+        the new tenant's quota and usage in the same transaction and may refuse
+        (raise), which leaves the member pooled. Members are named
+        ``sandbox-<id[:6]>`` like any unnamed sandbox, so ``changes`` need not
+        know which one it gets. Wakes the refill either way, once the claim is in
+        the store (a pass must not count the claimed one)."""
+        claimed = await self._store.claim_sandbox(
+            tenant=POOL_TENANT,
+            status=S.POOLED,
+            template=template,
+            disk_gb=disk_gb,
+            changes={**changes, "status": S.RUNNING},
+            charge=charge,
+            charge_statuses=ACTIVE,
+        )
+        if claimed is not None:
+            self._telemetry.pool_size.labels(template=template).dec()
+            self._last_hand_out = time.monotonic()
+            self._handed_out.set()
         self.wake()
-        return None
+        return claimed
 
     async def retire(self, member_id: str) -> bool:
         """Kill a member unless a create claimed it first; False if one did."""

@@ -3,7 +3,7 @@ PostgreSQL store can follow the SQLite one without touching callers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -133,6 +133,25 @@ class Store(Protocol):
     ) -> tuple[QuotaRecord | None, TenantUsage]:
         """The tenant's quota override and ``usage`` in one round trip: every
         create reads both under its tenant's lock."""
+        ...
+
+    async def claim_sandbox(
+        self,
+        *,
+        tenant: str,
+        status: str,
+        template: str,
+        disk_gb: int,
+        changes: Mapping[str, Any],
+        charge: Callable[[QuotaRecord | None, TenantUsage], None],
+        charge_statuses: Iterable[str],
+    ) -> SandboxRecord | None:
+        """Apply ``changes`` to the oldest sandbox of ``tenant`` in ``status`` with
+        this template and disk size, if there is one (None if not), and in the same
+        transaction call ``charge`` with the quota override and usage (sandboxes
+        in ``charge_statuses``) of its new tenant, the claimed one left out. An
+        exception from ``charge`` rolls the claim back and propagates. One round
+        trip: a pooled create's claim and quota check."""
         ...
 
     async def set_last_activity(self, times: Mapping[str, datetime]) -> None:
