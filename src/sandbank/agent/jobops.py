@@ -155,7 +155,9 @@ def _replay(conn: Conn, job: Job, fd: int, want: int, follow: bool, hold: bool =
     pos = 0  # in the file
     at = 0  # in the output, both streams
     with job.cond:
-        cursor = job.live_next  # live output from now on
+        # Live output from now on; a foreground reader from the first chunk the
+        # pump kept for it (the process may have run past its cap already).
+        cursor = job.hold_seq if hold and job.hold_seq is not None else job.live_next
     while True:
         with job.cond:
             while follow and pos == job.written and cursor == job.live_next and not job.finished:
