@@ -248,6 +248,33 @@ async def test_store_install_stack_alias_delete(tmp_path: Path) -> None:
     assert missing.value.details["templates"] == ["base0"]
 
 
+async def test_lookup_is_remembered_until_its_files_change(tmp_path: Path) -> None:
+    store = TemplateStore(tmp_path, recipes={})
+    _put(store, "app", "1" * 64, [])
+    first = store.lookup("app")
+    assert first.recipe_hash == "1" * 64 and first.aliases == ()
+    reads: list[str] = []
+    real_info = store.info
+    store.info = lambda name: reads.append(name) or real_info(name)  # type: ignore[method-assign]
+    assert store.lookup("app") == first and reads == []  # nothing changed: not read again
+    store.lookup("app").env["X"] = "1"  # callers get their own env
+    assert store.lookup("app").env == {"K": "v"}
+
+    # Another process (or this one) swaps the tree, or changes the aliases.
+    tree = tmp_path / "app" / ("2" * 16)
+    (tree / "rootfs").mkdir(parents=True)
+    (tree / "meta.json").write_text(json.dumps({"name": "app", "recipe_hash": "2" * 64}))
+    os.symlink(tree.name, tmp_path / "app" / "current.new")
+    os.replace(tmp_path / "app" / "current.new", tmp_path / "app" / "current")
+    assert store.lookup("app").recipe_hash == "2" * 64 and reads == ["app"]
+    store.alias("app", "app:2")
+    assert store.lookup("app").aliases == ("app:2",)
+    assert store.lookup("app:2").name == "app"
+    store.delete("app")
+    with pytest.raises(TemplateNotFound):
+        store.lookup("app")
+
+
 async def test_recipe_rebuild_keeps_a_tree_in_use(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,7 +27,7 @@ class TemplateOps:
         raise NotImplementedError
 
     async def template(self, name: str) -> TemplateInfo:
-        return self.store.info(self.store.resolve(name))
+        return self.store.lookup(name)
 
     async def capture_template(self, sandbox_id: str, info: TemplateInfo) -> TemplateInfo:
         if info.base is None or not info.recipe_hash:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -37,6 +38,16 @@ from sandbank.runtime.templates.base import build_rootfs
 from sandbank.runtime.templates.recipe import RECIPES, Recipe
 
 Progress = Callable[[str], None]
+#: What a file was when last read: inode, mtime, size (None: absent).
+FileStamp = tuple[int, int, int] | None
+
+
+def _file_stamp(path: Path) -> FileStamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _tree_size(root: Path) -> int:
@@ -79,6 +90,8 @@ class TemplateStore:
         self.recipes = RECIPES if recipes is None else recipes
         self._locks: dict[str, asyncio.Lock] = {}
         self.aliases = catalog.Aliases(root / "aliases.json")
+        #: ``lookup`` answers by name, with the stamps of the files they came from.
+        self._looked_up: dict[str, tuple[tuple[object, ...], TemplateInfo]] = {}
 
     # -- reading -------------------------------------------------------------
 
@@ -112,6 +125,24 @@ class TemplateStore:
             ready=recipe is None or built_hash == recipe.digest(),
             aliases=self.aliases.of(name),
         )
+
+    def lookup(self, name: str) -> TemplateInfo:
+        """``info(resolve(name))``, remembered while the files it read stay the
+        same: reading them costs about 0.5 ms, a create from the warm pool 2 ms.
+        Builds, deletes and alias changes replace ``current/meta.json`` or
+        ``aliases.json`` (new inode), here or in another process sharing the
+        root, so a changed stamp sees them; so does a changed recipe (whether the
+        tree is ready). Aliases are not remembered."""
+        stamp = (_file_stamp(self.root / name / "current" / "meta.json"),
+                 _file_stamp(self.aliases.path), self.recipes.get(name))  # fmt: skip
+        hit = self._looked_up.get(name)
+        if hit is not None and hit[0] == stamp:
+            info = hit[1]
+        else:
+            info = self.info(self.resolve(name))
+            if info.name == name:
+                self._looked_up[name] = (stamp, info)
+        return dataclasses.replace(info, env=dict(info.env))
 
     def lower(self, name: str) -> Path:
         """The built tree sandboxes of ``name`` start from (resolved, version-specific)."""
