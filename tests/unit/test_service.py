@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from sandbank.errors import (
 )
 from sandbank.runtime.base import SandboxSpec
 from sandbank.runtime.fake import FakeRuntime
-from sandbank.server.service.keys import KeyService
+from sandbank.server.service.keys import KEY_CACHE_TTL, KeyService
 from sandbank.server.service.lifecycle import TRANSITIONS, SandboxState, require
 from sandbank.server.service.params import CreateParams, ExecParams
 from sandbank.server.service.policy import Limits, Quota
@@ -208,4 +209,45 @@ async def test_keys(tmp_path: Path) -> None:
         await keys.authenticate(key)
     with pytest.raises(Unauthorized):
         await keys.authenticate(None)
+    await store.close()
+
+
+async def test_key_lookups_are_kept_briefly_and_revocation_is_immediate(tmp_path: Path) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'k.sqlite'}")
+    await store.open()
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    keys = KeyService(store, lambda: now[0], None)
+    record, key = await keys.create("acme")
+    reads: list[str] = []
+    real_lookup = store.key_by_hash
+
+    async def counted(key_hash: str) -> Any:
+        reads.append(key_hash)
+        return await real_lookup(key_hash)
+
+    store.key_by_hash = counted  # type: ignore[method-assign]
+    first = await keys.authenticate(key)
+    assert await keys.authenticate(key) == first and len(reads) == 1
+    now[0] += KEY_CACHE_TTL
+    assert await keys.authenticate(key) == first and len(reads) == 2  # read again
+    for _ in range(2):  # an unknown key is looked up every time
+        with pytest.raises(Unauthorized):
+            await keys.authenticate("sbk_unknown")
+    assert len(reads) == 4
+
+    # A lookup that read the store before a revoke finished is not kept.
+    other, other_key = await keys.create("acme")
+
+    async def overtaken(key_hash: str) -> Any:
+        found = await real_lookup(key_hash)
+        await keys.revoke(first, record.id)
+        return found
+
+    store.key_by_hash = overtaken  # type: ignore[method-assign]
+    await keys.authenticate(other_key)
+    store.key_by_hash = counted  # type: ignore[method-assign]
+    await keys.authenticate(other_key)
+    assert reads[-1] == other.key_hash
+    with pytest.raises(Unauthorized):  # revoked: refused at once, though it was kept
+        await keys.authenticate(key)
     await store.close()
