@@ -43,3 +43,14 @@ def test_mixed_text_matches_and_round_trips() -> None:
 def test_non_ascii_takes_the_general_path() -> None:
     assert output_json("stdout", "é".encode(), 0) is None
     assert output_json("stdout", b"ok\x00", 0) is None
+
+
+def test_sse_and_ndjson_forms_of_a_written_event_match_the_general_ones() -> None:
+    from sandbank.server.api.processes import _line, _sse
+
+    data = b'say "hi"\n\tback\\slash\r\n'
+    event = {"type": "stderr", "data": data.decode(), "offset": 3}
+    line = output_json("stderr", data, 3)
+    assert line is not None
+    assert _line(line) == _line(event)
+    assert _sse(line) == _sse(event)
