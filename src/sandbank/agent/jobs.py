@@ -28,6 +28,7 @@ the agent's start.
 
 from __future__ import annotations
 
+import _thread
 import os
 import select
 import shutil
@@ -141,6 +142,10 @@ class Job:
     # -- the pump ------------------------------------------------------------------
 
     def pump(self, timeout: float | None) -> None:
+        # The first record is written here rather than before the start is
+        # answered: nothing reads it back then, and a streamed command's first
+        # output should not wait for a file write and rename.
+        _write_meta(self)
         try:
             self._pump(timeout)
         except Exception as exc:  # keep the record consistent whatever happened
@@ -308,8 +313,9 @@ class Registry:
                 raise os_error(exc) from exc
             job = kind(child, spec, directory, cap, stdin_w)
             self._jobs[job.pid] = job
-        _write_meta(job)
-        threading.Thread(target=job.pump, args=(timeout,), daemon=True).start()
+        # Not threading.Thread().start(), which waits until the new thread runs:
+        # on a busy host that wait (for a CPU) came before the start's answer.
+        _thread.start_new_thread(job.pump, (timeout,))
         return job
 
     def get(self, pid: object) -> Job:

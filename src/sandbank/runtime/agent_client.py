@@ -80,9 +80,22 @@ class _Link:
         if len(self._buf) < end and length >= BIG_FRAME:
             return kind, await self._big(length)
         await self._fill(end)
-        payload = bytes(self._buf[HEADER.size : end])
+        return kind, self._take(end)
+
+    def buffered(self, kind: bytes) -> bytes | None:
+        """The payload of the next frame if it is a ``kind`` frame already read
+        whole: what ``frame`` would return at once, without waiting."""
+        if len(self._buf) >= HEADER.size and self._buf[:1] == kind:
+            end = HEADER.size + HEADER.unpack_from(self._buf)[1]
+            if len(self._buf) >= end:
+                return self._take(end)
+        return None
+
+    def _take(self, end: int) -> bytes:
+        with memoryview(self._buf) as view:  # one copy, and released before the del
+            payload = bytes(view[HEADER.size : end])
         del self._buf[:end]
-        return kind, payload
+        return payload
 
     async def _big(self, length: int) -> bytes:
         """A large payload read straight into a buffer of its size (file data):

@@ -8,12 +8,18 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from sandbank.errors import SandbankError
-from sandbank.protocol.agent import JSON, STDERR, STDOUT, FrameError, decode_json
+from sandbank.protocol.agent import CHUNK, JSON, STDERR, STDOUT, FrameError, decode_json
 from sandbank.runtime.base import JobInfo, JobSpec, OutputEvent, OutputKind
+
+#: Output bytes one event may gather from frames already received: the agent's
+#: own frame limit, so no consumer sees a larger event than before.
+MERGE_LIMIT = CHUNK
 
 
 class FrameSource(Protocol):
     async def frame(self) -> tuple[bytes, bytes]: ...
+
+    def buffered(self, kind: bytes) -> bytes | None: ...
 
 
 def start_request(spec: JobSpec, *, foreground: bool = False) -> dict[str, Any]:
@@ -44,6 +50,16 @@ async def output_events(link: FrameSource, offset: int) -> AsyncIterator[OutputE
     while True:
         kind, payload = await link.frame()
         if kind in (STDOUT, STDERR):
+            # A fast writer's output arrives as many small frames; those of the
+            # same stream already here become one event (fewer, larger events
+            # downstream, and no waiting for more).
+            parts = [payload]
+            size = len(payload)
+            while size < MERGE_LIMIT and (ahead := link.buffered(kind)) is not None:
+                parts.append(ahead)
+                size += len(ahead)
+            if len(parts) > 1:
+                payload = b"".join(parts)
             stream: OutputKind = "stdout" if kind == STDOUT else "stderr"
             yield OutputEvent(kind=stream, data=payload, offset=at)
             at += len(payload)

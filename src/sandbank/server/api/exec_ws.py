@@ -36,7 +36,7 @@ from sandbank.server.api.convert import exec_params
 from sandbank.server.api.deps import Services, api_key_of
 from sandbank.server.api.deps import sandbox_id as check_sandbox_id
 from sandbank.server.api.errors import error_response
-from sandbank.server.api.processes import MAX_STDIN, event_dicts, unwrap
+from sandbank.server.api.processes import MAX_STDIN, unwrap, wire_events
 from sandbank.server.service.processes import ProcessService, Started
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["processes"])
@@ -72,9 +72,12 @@ class _Session:
         self.sandbox = sandbox
         self._send_lock = anyio.Lock()
 
-    async def send(self, event: dict[str, Any]) -> None:
+    async def send(self, event: dict[str, Any] | bytes) -> None:
+        text = (
+            event.decode() if isinstance(event, bytes) else json.dumps(event, separators=(",", ":"))
+        )
         async with self._send_lock:
-            await self.ws.send_text(json.dumps(event, separators=(",", ":")))
+            await self.ws.send_text(text)
 
     async def fail(self, exc: SandbankError) -> None:
         """The error, then a close with 4000 + its status."""
@@ -93,7 +96,7 @@ class _Session:
 
             async def outbound() -> None:
                 await self.send({"type": "start", "pid": pid})
-                async for event in event_dicts(started.events):
+                async for event in wire_events(started.events):
                     await self.send(event)
                 await self.ws.close(code=1000)
                 group.cancel_scope.cancel()

@@ -34,6 +34,7 @@ from sandbank.protocol.api_processes import (
 from sandbank.runtime.base import JobInfo, OutputEvent
 from sandbank.server.api.convert import exec_params
 from sandbank.server.api.deps import Caller, SandboxId, Services, Svc
+from sandbank.server.api.output_lines import output_json
 from sandbank.server.service.processes import ProcessService, Started, StartParams, closing
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["processes"])
@@ -83,7 +84,9 @@ def process_out(info: JobInfo) -> ProcessOut:
     )
 
 
-def _line(event: dict[str, Any]) -> bytes:
+def _line(event: dict[str, Any] | bytes) -> bytes:
+    if isinstance(event, bytes):
+        return event + b"\n"
     return json.dumps(event, separators=(",", ":")).encode() + b"\n"
 
 
@@ -102,9 +105,10 @@ def _exit(info: JobInfo | None) -> dict[str, Any]:
     }
 
 
-async def event_dicts(events: AsyncIterator[OutputEvent]) -> AsyncIterator[dict[str, Any]]:
+async def wire_events(events: AsyncIterator[OutputEvent]) -> AsyncIterator[dict[str, Any] | bytes]:
     """The wire events of an output stream; text decoded per stream so a
-    character split across chunks is not mangled."""
+    character split across chunks is not mangled. An output event whose bytes
+    can be written as JSON text directly comes as that text (output_lines)."""
     decoders = {
         "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
         "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
@@ -115,6 +119,10 @@ async def event_dicts(events: AsyncIterator[OutputEvent]) -> AsyncIterator[dict[
                 decoder = decoders[event.kind]
                 if event.data.isascii() and not decoder.getstate()[0]:
                     # The common case, and the hot path of large outputs: one pass.
+                    line = output_json(event.kind, event.data, event.offset)
+                    if line is not None:
+                        yield line
+                        continue
                     text = event.data.decode("ascii")
                     exact = True
                 else:
@@ -130,7 +138,10 @@ async def event_dicts(events: AsyncIterator[OutputEvent]) -> AsyncIterator[dict[
                 yield {**_exit(event.info), "offset": event.offset}
 
 
-def _sse(event: dict[str, Any]) -> bytes:
+def _sse(event: dict[str, Any] | bytes) -> bytes:
+    if isinstance(event, bytes):  # an output event: its type is its first field
+        kind = event[9 : event.index(b'"', 9)]
+        return b"event: %s\ndata: %s\n\n" % (kind, event)
     return b"event: %s\ndata: %s\n\n" % (
         str(event["type"]).encode(),
         json.dumps(event, separators=(",", ":")).encode(),
@@ -143,7 +154,7 @@ async def _encoded(
     encode = _sse if sse else _line
     if first is not None:
         yield encode(first)
-    async for event in event_dicts(events):
+    async for event in wire_events(events):
         yield encode(event)
 
 
