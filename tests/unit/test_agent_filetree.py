@@ -169,6 +169,10 @@ async def test_chmod_chown_find(agent: Agent, tmp_path: Path) -> None:
     assert entry.type == "dir"
     with pytest.raises(BadRequest, match="unknown user"):
         await agent.client.chown(str(tmp_path / "src"), "no-such-user", None)
+    with pytest.raises(BadRequest, match="unknown group 'no-such-group'"):
+        await agent.client.chown(str(tmp_path / "src"), None, "no-such-group")
+    entry = await agent.client.chown(str(tmp_path / "src"), str(uid), str(os.getgid()))
+    assert entry.type == "dir"
 
     async def names(pattern: str, limit: int = 100) -> list[str]:
         found = await agent.client.find(str(tmp_path), pattern, limit=limit)

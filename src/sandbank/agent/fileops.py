@@ -16,6 +16,7 @@ from sandbank.protocol.tarstream import FILE_TYPES, TarParser, TarStreamError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 #: Most matches ``find`` returns; a request may ask for fewer.
@@ -165,23 +166,17 @@ def chown(conn: Conn, req: dict[str, Any]) -> None:
 def _user_id(raw: object) -> int:
     import pwd
 
-    if raw is None:
-        return -1
-    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
-        return raw
-    if isinstance(raw, str) and raw:
-        if raw.isdigit():
-            return int(raw)
-        try:
-            return pwd.getpwnam(raw).pw_uid
-        except KeyError:
-            raise errors.BadRequest(f"unknown user {raw!r}") from None
-    raise errors.BadRequest("owner must be a user name or a uid")
+    return _numeric_id(raw, lambda name: pwd.getpwnam(name).pw_uid, "user", "owner", "uid")
 
 
 def _group_id(raw: object) -> int:
     import grp
 
+    return _numeric_id(raw, lambda name: grp.getgrnam(name).gr_gid, "group", "group", "gid")
+
+
+def _numeric_id(raw: object, lookup: Callable[[str], int], kind: str, field: str, num: str) -> int:
+    """A uid or gid from a number or a name; -1 (unchanged) for None."""
     if raw is None:
         return -1
     if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
@@ -190,10 +185,10 @@ def _group_id(raw: object) -> int:
         if raw.isdigit():
             return int(raw)
         try:
-            return grp.getgrnam(raw).gr_gid
+            return lookup(raw)
         except KeyError:
-            raise errors.BadRequest(f"unknown group {raw!r}") from None
-    raise errors.BadRequest("group must be a group name or a gid")
+            raise errors.BadRequest(f"unknown {kind} {raw!r}") from None
+    raise errors.BadRequest(f"{field} must be a {kind} name or a {num}")
 
 
 # -- find --------------------------------------------------------------------------
