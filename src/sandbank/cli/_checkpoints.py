@@ -7,28 +7,22 @@ from typing import Annotated
 import typer
 
 from . import _render
-from ._options import ServerOptions
+from ._options import server_options
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 SandboxIdArg = Annotated[str, typer.Argument(metavar="ID")]
 
 
-def _options(ctx: typer.Context) -> ServerOptions:
-    options = ctx.find_object(ServerOptions)
-    assert options is not None, "the app callback sets the server options"
-    return options
-
-
 def hibernate(ctx: typer.Context, sandbox_id: SandboxIdArg, as_json: JsonFlag = False) -> None:
     """Save a sandbox's processes and memory to disk and stop it until woken."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.hibernate()
     _render.sandbox_or_json(details, as_json)
 
 
 def wake(ctx: typer.Context, sandbox_id: SandboxIdArg, as_json: JsonFlag = False) -> None:
     """Restore a hibernated sandbox where it left off."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.wake()
     _render.sandbox_or_json(details, as_json)
 
@@ -40,7 +34,7 @@ def fork(
     as_json: JsonFlag = False,
 ) -> None:
     """Copy a running sandbox (processes, memory, files) into COUNT new ones."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         copies = sandbox.fork(count)
         infos = [c.info for c in copies]
     if as_json:

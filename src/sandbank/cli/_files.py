@@ -9,15 +9,9 @@ import typer
 
 from sandbank.client.watch import FilesystemEvent
 
-from ._options import ServerOptions
+from ._options import server_options
 
 files_app = typer.Typer(help="Files inside a sandbox beyond cp.", no_args_is_help=True)
-
-
-def _options(ctx: typer.Context) -> ServerOptions:
-    options = ctx.find_object(ServerOptions)
-    assert options is not None, "the app callback sets the server options"
-    return options
 
 
 @files_app.command()
@@ -41,7 +35,7 @@ def watch(
             failure.append(exc)
         done.set()
 
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         handle = sandbox.files.watch_dir(path, show, recursive=recursive, on_exit=ended)
         try:
             while not done.wait(0.5):
@@ -63,7 +57,7 @@ def find(
     limit: Annotated[int, typer.Option(help="Most matches; more is an error.")] = 1000,
 ) -> None:
     """List the paths under PATH that match PATTERN."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         for entry in sandbox.files.find(path, pattern, limit=limit):
             typer.echo(entry.path + ("/" if entry.is_dir else ""))
 
@@ -80,7 +74,7 @@ def chmod(
         bits = int(mode, 8)
     except ValueError:
         raise typer.BadParameter(f"{mode!r} is not an octal mode", param_hint="MODE") from None
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         entry = sandbox.files.chmod(path, bits)
     typer.echo(f"{entry.permissions} {entry.path}")
 

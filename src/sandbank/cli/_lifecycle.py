@@ -9,7 +9,7 @@ import typer
 from sandbank.client import SnapshotInfo, Snapshots
 
 from . import _render
-from ._options import ServerOptions
+from ._options import server_options
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Id = Annotated[str, typer.Argument(metavar="ID")]
@@ -17,14 +17,8 @@ Id = Annotated[str, typer.Argument(metavar="ID")]
 snapshots_app = typer.Typer(help="Snapshots of sandboxes' disks.", no_args_is_help=True)
 
 
-def _options(ctx: typer.Context) -> ServerOptions:
-    options = ctx.find_object(ServerOptions)
-    assert options is not None, "the app callback sets the server options"
-    return options
-
-
 def _snapshots(ctx: typer.Context) -> Snapshots:
-    options = _options(ctx)
+    options = server_options(ctx)
     return Snapshots(api_key=options.resolved_key(), base_url=options.url)
 
 
@@ -52,21 +46,21 @@ def _snapshot_out(items: list[SnapshotInfo], as_json: bool, single: bool = False
 
 def stop(ctx: typer.Context, sandbox_id: Id, as_json: JsonFlag = False) -> None:
     """Stop a sandbox: processes end, memory and CPU are freed, the disk is kept."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.stop()
     _render.sandbox_or_json(details, as_json)
 
 
 def start(ctx: typer.Context, sandbox_id: Id, as_json: JsonFlag = False) -> None:
     """Start a stopped sandbox on its disk (processes begin from scratch)."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.start()
     _render.sandbox_or_json(details, as_json)
 
 
 def restart(ctx: typer.Context, sandbox_id: Id, as_json: JsonFlag = False) -> None:
     """Stop and start a sandbox."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.restart()
     _render.sandbox_or_json(details, as_json)
 
@@ -87,7 +81,7 @@ def update(
     as_json: JsonFlag = False,
 ) -> None:
     """Resize a sandbox or change its idle policy."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.update(
             vcpu=vcpu,
             memory_mb=memory,
@@ -108,7 +102,7 @@ def snapshot(
     as_json: JsonFlag = False,
 ) -> None:
     """Take a snapshot of a sandbox's disk (and, with --memory, of its processes)."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         taken = sandbox.snapshot(name, memory=memory)
     _snapshot_out([taken], as_json, single=True)
 
@@ -120,7 +114,7 @@ def restore(
     as_json: JsonFlag = False,
 ) -> None:
     """Put a sandbox's disk back to a snapshot (a running one is restarted)."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.restore(snapshot_ref)
     _render.sandbox_or_json(details, as_json)
 

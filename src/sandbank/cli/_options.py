@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import typer
+
 from sandbank import errors
 from sandbank.client import AdminClient, Sandbox
 
@@ -77,3 +79,10 @@ def parse_pairs(option: str, values: list[str] | None) -> dict[str, str]:
             raise errors.BadRequest(f"{option} expects KEY=VALUE, got {item!r}")
         pairs[key] = value
     return pairs
+
+
+def server_options(ctx: typer.Context) -> ServerOptions:
+    """The global options the app callback put on the context."""
+    options = ctx.find_object(ServerOptions)
+    assert options is not None, "the app callback sets the server options"
+    return options

@@ -12,13 +12,7 @@ from sandbank.client import ProcessInfo
 from sandbank.client._sync.process import event_bytes
 
 from . import _render
-from ._options import ServerOptions
-
-
-def _options(ctx: typer.Context) -> ServerOptions:
-    options = ctx.find_object(ServerOptions)
-    assert options is not None, "the app callback sets the server options"
-    return options
+from ._options import server_options
 
 
 def echo_to(stream: TextIO) -> Callable[[str], None]:
@@ -64,7 +58,7 @@ def ps(
 ) -> None:
     """List a sandbox's processes: background ones and streamed commands while
     they run (ended ones stay 10 minutes)."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         infos = sandbox.commands.list(running=True if running else None)
     if as_json:
         _render.print_json([info.to_dict() for info in infos])
@@ -82,7 +76,7 @@ def logs(
     offset: Annotated[int, typer.Option(help="Skip this many bytes of output.")] = 0,
 ) -> None:
     """Print a process's output (stdout and stderr to their own streams)."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         handle = sandbox.commands.connect(pid)
         for event in handle.output(offset=offset, follow=follow):
             kind = event.get("type")

@@ -25,7 +25,7 @@ from sandbank.client._async.pty import AsyncPtyHandle
 from sandbank.client._async.sandbox import AsyncSandbox
 from sandbank.client.pty_types import PtySize
 
-from ._options import ServerOptions
+from ._options import ServerOptions, server_options
 
 #: Bytes read from the local terminal at a time.
 READ_SIZE = 65536
@@ -146,8 +146,7 @@ def shell(
     cwd: Annotated[str | None, typer.Option(help="Working directory.")] = None,
 ) -> None:
     """Open an interactive terminal in a sandbox; exits with the shell's exit code."""
-    options = ctx.find_object(ServerOptions)
-    assert options is not None, "the app callback sets the server options"
+    options = server_options(ctx)
     try:
         code = asyncio.run(_session(options, sandbox_id, pid, cmd or None, user, cwd))
     except ConnectionError as exc:

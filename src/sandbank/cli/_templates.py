@@ -16,7 +16,7 @@ from sandbank import errors
 from sandbank.client import TemplateInfo, Templates
 
 from . import _render
-from ._options import ServerOptions
+from ._options import server_options
 
 app = typer.Typer(
     help="Templates: list (default), build, import, from-snapshot, alias, rm.",
@@ -27,8 +27,7 @@ Name = Annotated[str, typer.Argument(help="Template name (or alias).")]
 
 
 def _client(ctx: typer.Context) -> Templates:
-    options = ctx.find_object(ServerOptions)
-    assert options is not None, "the app callback sets the server options"
+    options = server_options(ctx)
     return Templates(api_key=options.resolved_key(), base_url=options.url)
 
 

@@ -17,7 +17,7 @@ from sandbank import errors
 from sandbank.client import Sandbox
 
 from . import _checkpoints, _files, _lifecycle, _processes, _render, _shell, _templates
-from ._options import ServerOptions, parse_pairs
+from ._options import ServerOptions, parse_pairs, server_options
 from ._transfer import copy
 
 _LOCAL_ERROR_CODES = {
@@ -85,12 +85,6 @@ def global_options(
     ctx.obj = ServerOptions(url=url, api_key=api_key)
 
 
-def _options(ctx: typer.Context) -> ServerOptions:
-    options = ctx.find_object(ServerOptions)
-    assert options is not None, "the app callback sets the server options"
-    return options
-
-
 @app.command()
 def create(
     ctx: typer.Context,
@@ -106,7 +100,7 @@ def create(
     as_json: JsonFlag = False,
 ) -> None:
     """Start a sandbox."""
-    options = _options(ctx)
+    options = server_options(ctx)
     sandbox = Sandbox.create(
         template,
         name=name,
@@ -132,7 +126,7 @@ def list_sandboxes(
     as_json: JsonFlag = False,
 ) -> None:
     """List sandboxes."""
-    options = _options(ctx)
+    options = server_options(ctx)
     infos = Sandbox.list(
         status=status,
         metadata=parse_pairs("--metadata", metadata) or None,
@@ -152,7 +146,7 @@ def info(
     as_json: JsonFlag = False,
 ) -> None:
     """Show one sandbox."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.info
     _render.sandbox_or_json(details, as_json)
 
@@ -184,7 +178,7 @@ def exec_command(
     cmd: str | list[str] = command[0] if len(command) == 1 else command
     input_text = sys.stdin.read() if stdin else None
     if background:
-        with _options(ctx).sandbox(sandbox_id) as sandbox:
+        with server_options(ctx).sandbox(sandbox_id) as sandbox:
             handle = sandbox.commands.run(
                 cmd,
                 background=True,
@@ -199,7 +193,7 @@ def exec_command(
         else:
             typer.echo(handle.pid)
         return
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         # Without --json the output is streamed as it happens.
         result = sandbox.commands.run(
             cmd,
@@ -244,7 +238,7 @@ def cp(
     ] = False,
 ) -> None:
     """Copy a file to or from a sandbox: ID:/path for the sandbox side, - for stdio."""
-    copy(_options(ctx), source, destination, recursive)
+    copy(server_options(ctx), source, destination, recursive)
 
 
 @app.command()
@@ -252,7 +246,7 @@ def kill(
     ctx: typer.Context, sandbox_ids: Annotated[list[str], typer.Argument(metavar="ID...")]
 ) -> None:
     """Kill sandboxes."""
-    options = _options(ctx)
+    options = server_options(ctx)
     key = options.resolved_key()
     failed = False
     for sandbox_id in sandbox_ids:
@@ -275,7 +269,7 @@ def timeout(
     as_json: JsonFlag = False,
 ) -> None:
     """Kill a sandbox SECONDS from now instead."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.set_timeout(seconds)
     _render.sandbox_or_json(details, as_json)
 
@@ -287,7 +281,7 @@ def pause(
     as_json: JsonFlag = False,
 ) -> None:
     """Freeze a sandbox (memory kept, no CPU) until it is resumed."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.pause()
     _render.sandbox_or_json(details, as_json)
 
@@ -299,7 +293,7 @@ def resume(
     as_json: JsonFlag = False,
 ) -> None:
     """Resume a paused sandbox."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         details = sandbox.resume()
     _render.sandbox_or_json(details, as_json)
 
@@ -314,7 +308,7 @@ def open_port(
     ] = False,
 ) -> None:
     """Print the preview URL (token included) of TCP PORT inside a sandbox."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         typer.echo(sandbox.preview_url(port, by_host=by_host))
 
 
@@ -325,7 +319,7 @@ def metrics(
     as_json: JsonFlag = False,
 ) -> None:
     """Show a sandbox's resource use."""
-    with _options(ctx).sandbox(sandbox_id) as sandbox:
+    with server_options(ctx).sandbox(sandbox_id) as sandbox:
         data = sandbox.get_metrics()
     if as_json:
         _render.print_json(data.to_dict())
@@ -342,7 +336,7 @@ def create_key(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a key and print it (it is shown only once)."""
-    with _options(ctx).admin() as client:
+    with server_options(ctx).admin() as client:
         created = client.create_key(tenant, name=name, admin=admin)
     if as_json:
         _render.print_json(created.to_dict())
@@ -354,7 +348,7 @@ def create_key(
 @keys_app.command("list")
 def list_keys(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """List keys."""
-    with _options(ctx).admin() as client:
+    with server_options(ctx).admin() as client:
         items = client.list_keys()
     if as_json:
         _render.print_json([item.to_dict() for item in items])
@@ -365,6 +359,6 @@ def list_keys(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 @keys_app.command("revoke")
 def revoke_key(ctx: typer.Context, key_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Revoke a key."""
-    with _options(ctx).admin() as client:
+    with server_options(ctx).admin() as client:
         client.revoke_key(key_id)
     typer.echo(f"revoked {key_id}")
