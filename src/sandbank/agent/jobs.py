@@ -98,6 +98,8 @@ class Job:
         self.live_size = 0
         #: The next live chunk the foreground reader needs; None: nobody holds it.
         self.hold_seq: int | None = 0 if spec.get("kind") == "foreground" else None
+        #: The output file while the pump copies into it.
+        self._out = -1
         #: When the timeout kills it (``time.monotonic``), also while the pump waits.
         self.deadline: float | None = None
 
@@ -157,44 +159,58 @@ class Job:
             self._finish()
 
     def _pump(self, timeout: float | None) -> None:
+        self._out = os.open(self.output_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            self._copy(timeout)
+        finally:
+            os.close(self._out)
+
+    def _copy(self, timeout: float | None) -> None:
+        """Read output as it comes until the process has exited and its output
+        is drained (at most ``DRAIN_SECONDS`` more); at ``timeout`` kill it."""
         child = self.child
-        kinds = {child.stdout: STDOUT, child.stderr: STDERR}
-        open_pipes = set(kinds)
+        sources = set(self._sources())
         deadline = None if timeout is None else child.started + timeout
         self.deadline = deadline
         drain_until: float | None = None
         poller = select.poll()
-        for fd in (*kinds, child.wake_fd):
+        for fd in (*sources, child.wake_fd):
             poller.register(fd, select.POLLIN)
-        out = os.open(self.output_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        try:
-            while True:
-                now = time.monotonic()
-                if child.exit_code is not None:
-                    if not open_pipes:
-                        return
-                    if drain_until is None:
-                        drain_until = now + DRAIN_SECONDS
-                    if now >= drain_until:
-                        return
-                if deadline is not None and now >= deadline and child.exit_code is None:
-                    self.timed_out = True
-                    child.kill_group()
-                    deadline = None
-                waits = [t - now for t in (deadline, drain_until) if t is not None]
-                wait_ms = None if not waits else max(0, int(min(waits) * 1000) + 1)
-                for fd, _ in poller.poll(wait_ms):
-                    if fd == child.wake_fd:
-                        poller.unregister(fd)
-                        continue
-                    data = os.read(fd, CHUNK)
-                    if data:
-                        self._store(out, kinds[fd], data)
-                    else:
-                        poller.unregister(fd)
-                        open_pipes.discard(fd)
-        finally:
-            os.close(out)
+        while True:
+            now = time.monotonic()
+            if child.exit_code is not None:
+                if not sources:
+                    return
+                if drain_until is None:
+                    drain_until = now + DRAIN_SECONDS
+                if now >= drain_until:
+                    return
+            if deadline is not None and now >= deadline and child.exit_code is None:
+                self.timed_out = True
+                self._kill()
+                deadline = None
+            waits = [t - now for t in (deadline, drain_until) if t is not None]
+            wait_ms = None if not waits else max(0, int(min(waits) * 1000) + 1)
+            for fd, _ in poller.poll(wait_ms):
+                if fd == child.wake_fd:
+                    poller.unregister(fd)
+                    continue
+                if not self._read(fd):
+                    poller.unregister(fd)
+                    sources.discard(fd)
+
+    def _sources(self) -> tuple[int, ...]:
+        return (self.child.stdout, self.child.stderr)
+
+    def _read(self, fd: int) -> bool:
+        """Take what ``fd`` has; False once it is at its end."""
+        data = os.read(fd, CHUNK)
+        if data:
+            self._store(self._out, STDOUT if fd == self.child.stdout else STDERR, data)
+        return bool(data)
+
+    def _kill(self) -> None:
+        self.child.kill_group()
 
     def _store(self, out: int, kind: bytes, data: bytes) -> None:
         room = max(0, self.cap - self.stored[kind])

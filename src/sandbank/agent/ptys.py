@@ -26,10 +26,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import select
 import struct
 import termios
-import time
 
 from sandbank.agent import jobs, processes, spawn
 from sandbank.agent.base import identity
@@ -92,47 +90,27 @@ class PtyJob(jobs.Job):
         return {**super().info(), "pty": {"cols": cols, "rows": rows}}
 
     def _pump(self, timeout: float | None) -> None:
-        child = self.child
-        master = child.stdout
-        deadline = None if timeout is None else child.started + timeout
-        drain_until: float | None = None
-        poller = select.poll()
-        poller.register(master, select.POLLIN)
-        poller.register(child.wake_fd, select.POLLIN)
-        master_open = True
-        while True:
-            now = time.monotonic()
-            if child.exit_code is not None:
-                if not master_open:
-                    return
-                if drain_until is None:
-                    drain_until = now + jobs.DRAIN_SECONDS
-                if now >= drain_until:
-                    return
-            if deadline is not None and now >= deadline and child.exit_code is None:
-                self.timed_out = True
-                self.deliver(9)
-                deadline = None
-            waits = [t - now for t in (deadline, drain_until) if t is not None]
-            wait_ms = None if not waits else max(0, int(min(waits) * 1000) + 1)
-            for fd, _ in poller.poll(wait_ms):
-                if fd == child.wake_fd:
-                    poller.unregister(fd)
-                    continue
-                try:
-                    data = os.read(master, CHUNK)
-                except BlockingIOError:  # a ``stdin`` write set the shared description non-blocking
-                    continue
-                except OSError as exc:
-                    # EIO: no process holds the slave open any more.
-                    if exc.errno != errno.EIO:
-                        raise
-                    data = b""
-                if data:
-                    self._keep(data)
-                else:
-                    poller.unregister(master)
-                    master_open = False
+        self._copy(timeout)  # into the ring: no output file
+
+    def _sources(self) -> tuple[int, ...]:
+        return (self.child.stdout,)  # the terminal's master side
+
+    def _read(self, fd: int) -> bool:
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:  # a ``stdin`` write set the shared description non-blocking
+            return True
+        except OSError as exc:
+            # EIO: no process holds the slave open any more.
+            if exc.errno != errno.EIO:
+                raise
+            data = b""
+        if data:
+            self._keep(data)
+        return bool(data)
+
+    def _kill(self) -> None:
+        self.deliver(9)  # the whole session, not only the shell's group
 
     def _keep(self, data: bytes) -> None:
         with self.cond:
